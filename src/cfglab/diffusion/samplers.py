@@ -1,0 +1,155 @@
+"""Samplers: short loops over any `Denoiser` (x_t, t, labels) -> Prediction(x0, eps) and a `Schedule`.
+
+All samplers walk a grid t_0 = 1 > t_1 > ... > t_N = 0, uniform in t, with one denoiser call per step, and
+return x at t = 0. Per-step coefficients are computed once, in float64, before the loop. With
+lambda = log-SNR, r = exp(lambda_t - lambda_s) < 1 for a step t -> s < t:
+
+  posterior variance   var~ = sigma_s^2 (1 - r)     of q(x_s | x_t, x0) (Ho et al. 2020, eq. 7)
+  forward variance     var  = sigma_t^2 (1 - r)     of q(x_t | x_s)
+
+The ancestral family steps x_s = alpha_s x0 + c_eps eps + std z, z ~ N(0, I):
+  DDIM(eta)   c_eps = sqrt(sigma_s^2 - eta^2 var~),  std = eta sqrt(var~)     (Song et al. 2021, eq. 12)
+  DDPM        the posterior mean and variance: DDIM with eta = 1
+  Paper(v)    the posterior mean with variance var~^(1-v) var^v (Ho & Salimans 2022, sec. 4; Nichol & Dhariwal 2021)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from cfglab.diffusion.guidance import Denoiser
+from cfglab.diffusion.schedules import Schedule
+
+__all__ = ["Sampler", "DDIM", "DDPM", "Paper", "DPMSolverPP2M", "time_grid"]
+
+
+def time_grid(steps: int) -> Tensor:
+    """t_0 = 1 > ... > t_steps = 0, uniform, float64, shape (steps + 1,)."""
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps={steps} must be an integer >= 1")
+    return torch.linspace(1.0, 0.0, int(steps) + 1, dtype=torch.float64)
+
+
+class Sampler:
+    """Base class. `__call__(denoiser, schedule, x, labels, generator)` returns samples shaped like `x`.
+
+    x: initial noise x_1 ~ N(0, I), shape (B, ...). labels: (B,) int64 or None (unconditional).
+    generator: the torch.Generator for the noise added along the way (ancestral samplers).
+    """
+
+    def __init__(self, steps: int):
+        time_grid(steps)  # validates
+        self.steps = int(steps)
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        schedule: Schedule,
+        x: Tensor,
+        labels: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        callback: Optional[Callable[[int], None]] = None,
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in vars(self).items())})"
+
+
+class _Ancestral(Sampler):
+    """The ancestral family: subclasses give c_eps and std from the step's variances."""
+
+    def _coefficients(self, sigma_s2: Tensor, post_var: Tensor, fwd_var: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, denoiser, schedule, x, labels=None, generator=None, callback=None):
+        ts = time_grid(self.steps)
+        lam = schedule.log_snr(ts)
+        alpha2, sigma2 = torch.sigmoid(lam), torch.sigmoid(-lam)
+        r = torch.exp(lam[:-1] - lam[1:])
+        post_var, fwd_var = sigma2[1:] * (1 - r), sigma2[:-1] * (1 - r)
+        c_eps, std = self._coefficients(sigma2[1:], post_var, fwd_var)
+        alpha_s = alpha2[1:].sqrt()
+        for i in range(self.steps):
+            t = torch.full((x.shape[0],), float(ts[i]), dtype=x.dtype, device=x.device)
+            pred = denoiser(x, t, labels)
+            x = float(alpha_s[i]) * pred.x0 + float(c_eps[i]) * pred.eps
+            if std[i] > 0 and i < self.steps - 1:  # no noise is added on the final step to t = 0
+                x = x + float(std[i]) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            if callback is not None:
+                callback(i)
+        return x
+
+
+class DDIM(_Ancestral):
+    """DDIM (Song et al. 2021); eta = 0 is deterministic, eta = 1 is ancestral DDPM."""
+
+    def __init__(self, steps: int = 50, eta: float = 0.0):
+        super().__init__(steps)
+        if not 0 <= eta <= 1:
+            raise ValueError(f"DDIM eta={eta} must lie in [0, 1]")
+        self.eta = float(eta)
+
+    def _coefficients(self, sigma_s2, post_var, fwd_var):
+        var = self.eta**2 * post_var
+        return (sigma_s2 - var).clamp_min(0).sqrt(), var.sqrt()
+
+
+class DDPM(_Ancestral):
+    """Ancestral sampling with the posterior q(x_s | x_t, x0) (Ho et al. 2020, Alg. 2), any number of steps."""
+
+    def __init__(self, steps: int = 250):
+        super().__init__(steps)
+
+    def _coefficients(self, sigma_s2, post_var, fwd_var):
+        return (sigma_s2 - post_var).clamp_min(0).sqrt(), post_var.sqrt()
+
+
+class Paper(_Ancestral):
+    """The sampler of Ho & Salimans 2022 (sec. 4): posterior mean, variance var~^(1-v) var^v (v = 0.3 at 64px)."""
+
+    def __init__(self, steps: int = 256, v: float = 0.3):
+        super().__init__(steps)
+        if not 0 <= v <= 1:
+            raise ValueError(f"variance interpolation v={v} must lie in [0, 1]")
+        self.v = float(v)
+
+    def _coefficients(self, sigma_s2, post_var, fwd_var):
+        std = (post_var ** (1 - self.v) * fwd_var**self.v).sqrt()
+        return (sigma_s2 - post_var).clamp_min(0).sqrt(), std
+
+
+class DPMSolverPP2M(Sampler):
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): multistep second order in the data prediction x0.
+
+    Uses the half log-SNR h = (lambda_s - lambda_t) / 2 of that paper; the first and the last step are first
+    order (the first equals DDIM), which keeps the global error second order and the final step stable.
+    Uses only x0 from the denoiser.
+    """
+
+    def __init__(self, steps: int = 20):
+        super().__init__(steps)
+
+    def __call__(self, denoiser, schedule, x, labels=None, generator=None, callback=None):
+        ts = time_grid(self.steps)
+        lam = schedule.log_snr(ts)
+        alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+        h = (lam[1:] - lam[:-1]) / 2
+        x0_prev = None
+        for i in range(self.steps):
+            t = torch.full((x.shape[0],), float(ts[i]), dtype=x.dtype, device=x.device)
+            x0 = denoiser(x, t, labels).x0
+            if x0_prev is None or i == self.steps - 1:
+                d = x0
+            else:
+                r = float(h[i - 1] / h[i])
+                d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+            x = float(sigma[i + 1] / sigma[i]) * x - float(alpha[i + 1] * torch.expm1(-h[i])) * d
+            x0_prev = x0
+            if callback is not None:
+                callback(i)
+        return x

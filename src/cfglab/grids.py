@@ -1,0 +1,42 @@
+"""Sample grids: one row per class, one column per sample, for a list of guidance strengths."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.samplers import Sampler
+
+
+def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    """Labels 0,0,...,1,1,... (per_class each): row c of a grid with nrow=per_class shows class c."""
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int, min_size: int = 32) -> Path:
+    """Save images (N, C, H, W) in [-1, 1] as a PNG grid, upscaled (nearest) so each image is >= min_size px."""
+    scale = max(1, -(-min_size // images.shape[-1]))
+    if scale > 1:
+        images = F.interpolate(images, scale_factor=scale, mode="nearest")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.clamp(-1, 1), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+    return path
+
+
+def guided_grids(module, sampler: Sampler, guidance: CFG, ws: Sequence[float], out_dir: str | Path,
+                 per_class: int = 10, seed: int = 0) -> list[Path]:
+    """For each w: sample `per_class` images of every class from the same noise and save `samples_w{w}.png`."""
+    labels = class_grid_labels(module.num_classes, per_class)
+    paths = []
+    for w in ws:
+        g = torch.Generator(device=module.device).manual_seed(seed)
+        images = module.sample(labels, sampler, dataclasses.replace(guidance, w=float(w)), g)
+        paths.append(save_grid(images.cpu(), Path(out_dir) / f"samples_w{w:g}.png", nrow=per_class))
+    return paths

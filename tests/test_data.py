@@ -1,0 +1,98 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from cfglab.data.base import to_uint8
+from cfglab.data.digits import DigitsDataModule
+from cfglab.data.mnist import MNISTDataModule, read_idx
+from conftest import SHARED_MNIST
+
+
+def write_idx(path, array: np.ndarray, gz: bool):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open(path, "wb") if gz else open(path, "wb")).write(data)
+
+
+def make_mnist(folder, prefix, n=40, gz=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = np.arange(n, dtype=np.uint8) % 10
+    sfx = ".gz" if gz else ""
+    write_idx(folder / f"{prefix}-images-idx3-ubyte{sfx}", images, gz)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte{sfx}", labels, gz)
+    return images, labels
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+def test_mnist_reads_idx_in_both_layouts(tmp_path, gz, layout):
+    folder = tmp_path if layout == "flat" else tmp_path / "MNIST" / "raw"
+    images, labels = make_mnist(folder, "train", gz=gz)
+    dm = MNISTDataModule(data_dir=str(tmp_path), split="train", val_fraction=0.25)
+    s = dm.splits()
+    x = torch.cat([s["train"][0], s["val"][0]])
+    y = torch.cat([s["train"][1], s["val"][1]])
+    assert x.shape == (40, 1, 28, 28) and x.min() >= -1 and x.max() <= 1 and len(s["val"][0]) == 10
+    # the split is a permutation of the file's contents: every (image, label) pair survives the round trip
+    order = torch.sort(y * 10**6 + to_uint8(x).flatten(1).long().sum(1)).indices
+    ref = torch.sort(torch.from_numpy(labels).long() * 10**6 + torch.from_numpy(images).flatten(1).long().sum(1)).indices
+    assert torch.equal(to_uint8(x)[order, 0], torch.from_numpy(images)[ref])
+
+
+def test_mnist_split_selects_files(tmp_path):
+    make_mnist(tmp_path, "t10k", n=20)
+    dm = MNISTDataModule(data_dir=str(tmp_path), split="test", val_fraction=0.0)
+    assert len(dm.splits()["train"][0]) == 20
+    with pytest.raises(FileNotFoundError, match=f"data_dir='{tmp_path}'"):
+        MNISTDataModule(data_dir=str(tmp_path), split="train")
+
+
+def test_missing_data_dir_is_named_before_loading(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        MNISTDataModule(data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="data.split='validation'"):
+        MNISTDataModule(data_dir=str(tmp_path), split="validation")
+
+
+def test_offline_download_names_data_dir(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*a, **k):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    dm = MNISTDataModule(data_dir=str(tmp_path / "mnist"), download=True)
+    with pytest.raises(RuntimeError, match="data_dir=.*mnist"):
+        dm.prepare_data()
+
+
+def test_truncated_idx_is_reported(tmp_path):
+    write_idx(tmp_path / "x-images-idx3-ubyte", np.zeros((4, 28, 28), np.uint8), gz=False)
+    raw = (tmp_path / "x-images-idx3-ubyte").read_bytes()
+    (tmp_path / "x-images-idx3-ubyte").write_bytes(raw[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "x-images-idx3-ubyte")
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="shared MNIST test split not present")
+def test_real_mnist_test_split():
+    dm = MNISTDataModule(data_dir=str(SHARED_MNIST), split="test", val_fraction=0.1)
+    s = dm.splits()
+    assert len(s["train"][0]) == 9000 and len(s["val"][0]) == 1000
+    counts = torch.cat([s["train"][1], s["val"][1]]).bincount()
+    assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # official t10k class counts
+
+
+def test_digits_default():
+    dm = DigitsDataModule()
+    s = dm.splits()
+    x = torch.cat([s["train"][0], s["val"][0]])
+    assert x.shape == (1797, 1, 8, 8) and x.min() == -1 and x.max() == 1
+    assert dm.num_classes == 10 and s["train"][1].max() == 9
+    resized = DigitsDataModule(image_size=16).splits()["train"][0]
+    assert resized.shape[-2:] == (16, 16)

@@ -1,0 +1,104 @@
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from cfglab.data.digits import DigitsDataModule
+from cfglab.diffusion.schedules import Cosine
+from cfglab.lightning.module import CFGDiffusion, drop_labels, stratified_times
+from cfglab.models.unet import UNet
+
+
+def small_module(**kw):
+    net = UNet(image_size=8, in_channels=1, num_classes=10, base_channels=16, channel_mult=(1, 2), num_res_blocks=1)
+    return CFGDiffusion(net, Cosine(), num_classes=10, **kw)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.2, 0.5, 1.0])
+def test_drop_labels_rate(p):
+    n = 200_000
+    labels = torch.randint(0, 10, (n,))
+    out = drop_labels(labels, p, null_label=10, generator=torch.Generator().manual_seed(1))
+    dropped = out == 10
+    assert (out[~dropped] == labels[~dropped]).all()  # kept labels are untouched
+    assert abs(dropped.float().mean().item() - p) <= 5 * math.sqrt(p * (1 - p) / n)
+
+
+class LabelSpy(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.seen = net, []
+        self.in_channels, self.image_size = net.in_channels, net.image_size
+
+    def forward(self, x, t, labels):
+        self.seen.append(labels.clone())
+        return self.net(x, t, labels)
+
+
+def test_training_step_drops_labels_at_p_uncond():
+    module = small_module(p_uncond=0.2)
+    module.net = LabelSpy(module.net)
+    module.log = lambda *a, **k: None
+    x, y = torch.randn(500, 1, 8, 8), torch.randint(0, 10, (500,))
+    for _ in range(20):
+        module.training_step((x, y), 0)
+    seen = torch.cat(module.net.seen)
+    n = seen.numel()
+    assert abs((seen == 10).float().mean().item() - 0.2) <= 5 * math.sqrt(0.2 * 0.8 / n)
+
+
+def test_stratified_times_cover_every_stratum():
+    t = stratified_times(64, torch.Generator().manual_seed(0))
+    assert ((t >= 0) & (t < 1)).all()
+    assert sorted((t * 64).floor().long().tolist()) == list(range(64))
+
+
+@pytest.mark.parametrize("target", ["eps", "v"])
+def test_short_training_lowers_the_loss(target, tmp_path):
+    L.seed_everything(0)
+    dm = DigitsDataModule(batch_size=64)
+    module = small_module(target=target, lr=2e-3, warmup_steps=10)
+    x, y = dm.splits()["val"]
+
+    def fixed_loss():
+        with torch.no_grad():
+            return module.loss(x, y, torch.Generator().manual_seed(0)).item()
+
+    before = fixed_loss()
+    trainer = L.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    after = fixed_loss()
+    assert after < 0.6 * before, (before, after)
+
+
+@pytest.mark.parametrize("bad, match", [(dict(p_uncond=1.5), "p_uncond=1.5"), (dict(target="score"), "'score'"),
+                                         (dict(lr=0), "lr=0"), (dict(p_uncond=-0.1), "p_uncond=-0.1")])
+def test_bad_hyperparameters(bad, match):
+    with pytest.raises(ValueError, match=match):
+        small_module(**bad)
+
+
+def test_ema_weights_are_sampled_and_checkpointed(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from cfglab.lightning.ema import EMA
+
+    L.seed_everything(0)
+    module = small_module(lr=2e-3, warmup_steps=1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    ema = EMA(decay=0.9)
+    trainer = L.Trainer(max_steps=30, accelerator="cpu", logger=False, callbacks=[ema, ckpt],
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    averaged = ema._average_model.module.state_dict()
+    name = "net.out.2.weight"
+    torch.testing.assert_close(state["state_dict"][name], averaged[name])
+    # the final checkpoint keeps the trained weights apart from the EMA weights, so a resume continues correctly
+    assert not torch.equal(state["current_model_state"][name], averaged[name])
+    # after fit the module holds the EMA weights, so sampling uses them
+    torch.testing.assert_close(module.state_dict()[name], averaged[name])

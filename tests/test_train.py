@@ -1,0 +1,77 @@
+"""The main job end to end: `python train.py` as a user runs it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import csv
+import pytest
+import torch
+from PIL import Image
+
+from cfglab.checkpoints import load_module
+from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.samplers import DDIM
+from conftest import ROOT
+
+
+def run_train(run_dir, *overrides):
+    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false",
+           *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_short_run_writes_grids_checkpoint_and_logs(tmp_path):
+    proc = run_train(tmp_path, "trainer.max_steps=12", "sampler.steps=3", "grids.per_class=2",
+                     "callbacks.checkpoint.every_n_train_steps=5", "trainer.log_every_n_steps=4")
+    for w in (0, 1, 3):
+        png = tmp_path / f"samples_w{w}.png"
+        assert f"guided samples: {png}" in proc.stdout
+        img = Image.open(png)
+        # 10 rows (classes) x 2 columns of 8x8 images upscaled x4, 1-pixel padding
+        assert img.size == (2 * 33 + 1, 10 * 33 + 1)
+    rows = list(csv.DictReader(open(next((tmp_path / "csv").rglob("metrics.csv")))))
+    assert any(r.get("train/loss") for r in rows)
+    _, module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    assert module.p_uncond == 0.1 and module.num_classes == 10
+
+
+def test_overrides_reach_the_objects(tmp_path):
+    run_train(tmp_path, "trainer.max_steps=2", "sampler=ddpm", "sampler.steps=2", "grids.per_class=1",
+              "schedule=paper", "module.target=v", "module.p_uncond=0.3", "model.base_channels=16")
+    _, module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    assert module.target == "v" and module.p_uncond == 0.3 and module.net.base_channels == 16
+    assert type(module.schedule).__name__ == "PaperLogSNR"
+
+
+def test_bad_override_fails_before_training(tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}", "module.p_uncond=1.5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode != 0 and "p_uncond=1.5" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def digits_classifier():
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    d = load_digits()
+    return LogisticRegression(max_iter=5000).fit(d.images.reshape(len(d.images), -1) / 8 - 1, d.target)
+
+
+@pytest.mark.slow
+def test_default_job_samples_follow_their_labels(tmp_path):
+    """Default `python train.py`: a classifier fitted on real digits recognises guided samples' classes."""
+    run_train(tmp_path)
+    _, module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    clf = digits_classifier()
+    labels = torch.arange(10).repeat_interleave(50)
+    acc = {}
+    for w in (0.0, 3.0):
+        x = module.sample(labels, DDIM(steps=50), CFG(w=w), torch.Generator().manual_seed(0))
+        acc[w] = float(np.mean(clf.predict(x.reshape(len(x), -1).numpy()) == labels.numpy()))
+    print(f"classifier accuracy on guided samples: {acc}")
+    assert acc[3.0] >= 0.9
+    assert acc[3.0] > acc[0.0]

@@ -1,0 +1,16 @@
+"""Train a classifier-free guidance model: python train.py [overrides], e.g. data=mnist trainer.max_steps=20000."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from cfglab.train import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    return train(cfg, HydraConfig.get().runtime.output_dir)["train/loss"]
+
+
+if __name__ == "__main__":
+    main()
