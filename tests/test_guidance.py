@@ -42,7 +42,8 @@ class Recorder:
 
     def __call__(self, x, t, labels):
         self.calls.append(labels.clone())
-        return torch.tanh(x) * (1 + labels.float()[:, None]) + t[:, None]
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return torch.tanh(x) * (1 + labels.float().view(shape)) + t.view(shape)
 
 
 def make(w, batched=True):

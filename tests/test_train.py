@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import csv
+import os
 import pytest
 import torch
 from PIL import Image
@@ -18,14 +19,16 @@ from conftest import ROOT
 def run_train(run_dir, *overrides):
     cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false",
            *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    env = {**os.environ, "CFGLAB_CACHE": str(run_dir / "cache")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def test_short_run_writes_grids_checkpoint_and_logs(tmp_path):
     proc = run_train(tmp_path, "trainer.max_steps=12", "sampler.steps=3", "grids.per_class=2",
-                     "callbacks.checkpoint.every_n_train_steps=5", "trainer.log_every_n_steps=4")
+                     "callbacks.checkpoint.every_n_train_steps=5", "trainer.log_every_n_steps=4",
+                     "callbacks.sweep.ws=[0,1]", "callbacks.sweep.num_samples=20")
     for w in (0, 1, 3):
         png = tmp_path / f"samples_w{w}.png"
         assert f"guided samples: {png}" in proc.stdout
@@ -36,11 +39,13 @@ def test_short_run_writes_grids_checkpoint_and_logs(tmp_path):
     assert any(r.get("train/loss") for r in rows)
     _, module = load_module(tmp_path / "checkpoints" / "last.ckpt")
     assert module.p_uncond == 0.1 and module.num_classes == 10
+    assert (tmp_path / "sweep.csv").is_file() and (tmp_path / "tradeoff.png").is_file()
 
 
 def test_overrides_reach_the_objects(tmp_path):
     run_train(tmp_path, "trainer.max_steps=2", "sampler=ddpm", "sampler.steps=2", "grids.per_class=1",
-              "schedule=paper", "module.target=v", "module.p_uncond=0.3", "model.base_channels=16")
+              "schedule=paper", "module.target=v", "module.p_uncond=0.3", "model.base_channels=16",
+              "~callbacks.sweep")
     _, module = load_module(tmp_path / "checkpoints" / "last.ckpt")
     assert module.target == "v" and module.p_uncond == 0.3 and module.net.base_channels == 16
     assert type(module.schedule).__name__ == "PaperLogSNR"

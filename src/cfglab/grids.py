@@ -30,13 +30,44 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, min_size: int =
     return path
 
 
+def save_scatter(points: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
+    """2-D samples (N, 2) as a scatter plot coloured by label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=4, vmin=0, vmax=9)
+    ax.set_aspect("equal")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_samples(samples: torch.Tensor, labels: torch.Tensor, path: str | Path, per_class: int) -> Path:
+    """Images (N, C, H, W; uint8 or in [-1, 1]) as a grid with one row per class; 2-D points as a scatter plot."""
+    if samples.ndim == 2:
+        return save_scatter(samples.float(), labels, path)
+    num_classes = int(labels.max()) + 1
+    idx = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(num_classes)])
+    images = samples[idx].float()
+    if samples.dtype == torch.uint8:
+        images = images / 127.5 - 1
+    return save_grid(images, path, nrow=per_class)
+
+
 def guided_grids(module, sampler: Sampler, guidance: CFG, ws: Sequence[float], out_dir: str | Path,
                  per_class: int = 10, seed: int = 0) -> list[Path]:
     """For each w: sample `per_class` images of every class from the same noise and save `samples_w{w}.png`."""
     labels = class_grid_labels(module.num_classes, per_class)
+    if len(module.net.sample_shape) == 1:  # low-dimensional data: more points make a readable scatter plot
+        labels = class_grid_labels(module.num_classes, 50 * per_class)
     paths = []
     for w in ws:
         g = torch.Generator(device=module.device).manual_seed(seed)
-        images = module.sample(labels, sampler, dataclasses.replace(guidance, w=float(w)), g)
-        paths.append(save_grid(images.cpu(), Path(out_dir) / f"samples_w{w:g}.png", nrow=per_class))
+        samples = module.sample(labels, sampler, dataclasses.replace(guidance, w=float(w)), g).cpu()
+        paths.append(save_samples(samples, labels, Path(out_dir) / f"samples_w{w:g}.png", per_class))
     return paths

@@ -42,4 +42,4 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
         paths = guided_grids(module, sampler, guidance, cfg.grids.ws, output_dir, cfg.grids.per_class, cfg.grids.seed)
         for p in paths:
             print(f"guided samples: {p}")
-    return {"grids": [str(p) for p in paths], "train/loss": float(trainer.callback_metrics.get("train/loss", "nan"))}
+    return {"grids": [str(p) for p in paths], "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}

@@ -1,4 +1,4 @@
-"""Classifier-free guidance: the guidance formula and the guided denoiser that samplers call.
+"""Classifier-free guidance: the guidance formula, the guidance methods, and the guided denoiser samplers call.
 
 Convention: the guidance strength is the paper's w (Ho & Salimans 2022, eq. 6),
 
@@ -9,10 +9,16 @@ DiT, k-diffusion and diffusers write the same combination with a scale s = 1 + w
     eps~ = eps(x, null) + s (eps(x, c) - eps(x, null))    (s = 1: the plain conditional model)
 
 so their `cfg_scale` / `guidance_scale` = 4 is w = 3 here.
+
+Every method is a small dataclass with a field `w` (the sweep axis) and three methods:
+  strength(t, log_snr) -> the w used at this step (0: guidance off, the unconditional forward is skipped);
+  needs_uncond(w)      -> whether this step needs the guiding prediction;
+  combine(cond, uncond, w, x, alpha, sigma, state) -> the guided Prediction(x0, eps).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -38,30 +44,186 @@ def guide(cond: Tensor, uncond: Tensor, w: float | Tensor) -> Tensor:
     return cond + w * (cond - uncond)
 
 
+def eps_from_x0(x0: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The eps that keeps x_t = alpha x0 + sigma eps; alpha, sigma of shape (B,)."""
+    return (x - broadcast(alpha, x) * x0) / broadcast(sigma, x)
+
+
+def _check_w(w: float, name: str = "w") -> None:
+    if not w >= 0:  # also rejects NaN
+        raise ValueError(f"guidance strength {name}={w} must be >= 0 (paper convention, w = 0 is unguided)")
+
+
 @dataclass
 class CFG:
-    """Plain classifier-free guidance with constant strength w >= 0."""
+    """Plain classifier-free guidance with constant strength w >= 0 (Ho & Salimans 2022)."""
 
     w: float = 0.0
 
     def __post_init__(self):
-        if not self.w >= 0:  # also rejects NaN
-            raise ValueError(f"guidance strength w={self.w} must be >= 0 (paper convention, w = 0 is unguided)")
+        _check_w(self.w)
 
-    def weight(self, t: float, log_snr: float) -> float:
-        """Guidance strength at this step; 0 means the unconditional forward is skipped."""
+    def strength(self, t: float, log_snr: float) -> float:
         return self.w
 
-    def combine(self, cond: Prediction, uncond: Prediction, w: float) -> Prediction:
+    def needs_uncond(self, w: float) -> bool:
+        return w != 0
+
+    def combine(self, cond: Prediction, uncond: Prediction, w: float, x: Tensor, alpha: Tensor, sigma: Tensor,
+                state: dict) -> Prediction:
         return Prediction(guide(cond.x0, uncond.x0, w), guide(cond.eps, uncond.eps, w))
+
+
+@dataclass
+class GuidanceInterval(CFG):
+    """Guidance only for noise levels sigma_lo < sigma <= sigma_hi (Kynkäänniemi et al. 2024), sigma in EDM's
+    units sigma = sigma_t / alpha_t = exp(-lambda / 2). Outside the interval the step is unguided and the
+    unconditional forward is skipped. Their ImageNet-512 EDM2 interval is (0.28, 5.42]."""
+
+    sigma_lo: float = 0.28
+    sigma_hi: float = 5.42
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.sigma_lo < self.sigma_hi:
+            raise ValueError(f"need 0 <= sigma_lo < sigma_hi, got sigma_lo={self.sigma_lo}, sigma_hi={self.sigma_hi}")
+
+    def strength(self, t: float, log_snr: float) -> float:
+        sigma = math.exp(-log_snr / 2)
+        return self.w if self.sigma_lo < sigma <= self.sigma_hi else 0.0
+
+
+@dataclass
+class ScheduledCFG(CFG):
+    """Guidance strength varying over sampling time (Wang et al. 2024, "Analysis of Classifier-Free Guidance
+    Weight Schedulers"): constant w; linear 2 w (1 - t); cosine w (1 + cos(pi t)). Each averages to w over
+    t in [0, 1] and grows as sampling approaches the data (t -> 0)."""
+
+    shape: str = "linear"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.shape not in ("constant", "linear", "cosine"):
+            raise ValueError(f"guidance shape={self.shape!r} must be 'constant', 'linear' or 'cosine'")
+
+    def strength(self, t: float, log_snr: float) -> float:
+        if self.shape == "linear":
+            return 2 * self.w * (1 - t)
+        if self.shape == "cosine":
+            return self.w * (1 + math.cos(math.pi * t))
+        return self.w
+
+
+@dataclass
+class CFGRescale(CFG):
+    """CFG with the guided x0 rescaled to the standard deviation of the conditional x0 (Lin et al. 2024,
+    "Common Diffusion Noise Schedules and Sample Steps are Flawed", Alg. 2), mixed by phi (0.7 there).
+    phi = 0 is plain CFG. Standard deviations are per sample over all pixels."""
+
+    phi: float = 0.7
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.phi <= 1:
+            raise ValueError(f"rescale phi={self.phi} must lie in [0, 1]")
+
+    def combine(self, cond, uncond, w, x, alpha, sigma, state):
+        x0 = guide(cond.x0, uncond.x0, w)
+        dims = tuple(range(1, x.ndim))
+        ratio = cond.x0.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True).clamp_min(1e-12)
+        x0 = self.phi * x0 * ratio + (1 - self.phi) * x0
+        return Prediction(x0, eps_from_x0(x0, x, alpha, sigma))
+
+
+@dataclass
+class DynamicThreshold(CFG):
+    """CFG, then Imagen's dynamic thresholding of the guided x0 (Saharia et al. 2022, sec. 2.3): s = the
+    `percentile` quantile of |x0| per sample, s = max(s, 1), x0 <- clip(x0, -s, s) / s."""
+
+    percentile: float = 0.995
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.percentile <= 1:
+            raise ValueError(f"thresholding percentile={self.percentile} must lie in (0, 1]")
+
+    def combine(self, cond, uncond, w, x, alpha, sigma, state):
+        x0 = guide(cond.x0, uncond.x0, w)
+        s = torch.quantile(x0.abs().flatten(1).float(), self.percentile, dim=1).clamp_min(1.0).to(x0.dtype)
+        s = broadcast(s, x0)
+        x0 = torch.maximum(torch.minimum(x0, s), -s) / s
+        return Prediction(x0, eps_from_x0(x0, x, alpha, sigma))
+
+
+@dataclass
+class CFGPlusPlus(CFG):
+    """CFG++ (Chung et al. 2024): x0 from the interpolated prediction eps_u + w (eps_c - eps_u) with w = lambda in
+    [0, 1], but the sampler re-noises with the unconditional eps. w = 0 is unconditional sampling. Needs a
+    sampler that re-noises with eps (DDIM, DDPM, Paper), not DPM-Solver++, which uses x0 alone."""
+
+    renoise_with_uncond = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.w > 1:
+            raise ValueError(f"CFG++ lambda w={self.w} must lie in [0, 1]")
+
+    def needs_uncond(self, w: float) -> bool:
+        return True
+
+    def combine(self, cond, uncond, w, x, alpha, sigma, state):
+        # eps_u + w (eps_c - eps_u) is the guidance formula with strength w - 1
+        return Prediction(guide(cond.x0, uncond.x0, w - 1), uncond.eps)
+
+
+@dataclass
+class APG(CFG):
+    """Adaptive projected guidance (Sadat et al. 2024, Alg. 1) on x0 predictions: the update
+    D_c - D_u, optionally with momentum and capped in norm at `norm_threshold`, is split into its parts parallel
+    and orthogonal to D_c; the parallel part is scaled by `eta`. x0 = D_c + w (orth + eta * par).
+    eta = 1, momentum = 0 and no cap give plain CFG."""
+
+    eta: float = 0.0
+    norm_threshold: float = float("inf")
+    momentum: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.norm_threshold > 0:
+            raise ValueError(f"APG norm_threshold={self.norm_threshold} must be > 0")
+
+    def combine(self, cond, uncond, w, x, alpha, sigma, state):
+        diff = cond.x0 - uncond.x0
+        if self.momentum != 0:
+            diff = diff + self.momentum * state.get("apg_running", torch.zeros_like(diff))
+            state["apg_running"] = diff
+        dims = tuple(range(1, x.ndim))
+        if math.isfinite(self.norm_threshold):
+            norm = torch.linalg.vector_norm(diff, dim=dims, keepdim=True)
+            diff = diff * (self.norm_threshold / norm.clamp_min(1e-12)).clamp(max=1.0)
+        unit = cond.x0 / torch.linalg.vector_norm(cond.x0, dim=dims, keepdim=True).clamp_min(1e-12)
+        par = (diff * unit).sum(dim=dims, keepdim=True) * unit
+        x0 = cond.x0 + w * (diff - par + self.eta * par)
+        return Prediction(x0, eps_from_x0(x0, x, alpha, sigma))
+
+
+@dataclass
+class Autoguidance(CFG):
+    """Autoguidance (Karras et al. 2024): the guiding prediction comes from a weaker version of the same model
+    (an earlier or smaller checkpoint, `guide_ckpt`), conditioned on the same label; x0 = guide(good, bad, w).
+    The guiding network is loaded by the caller and handed to GuidedDenoiser as `guide_model`."""
+
+    guide_ckpt: Optional[str] = None
 
 
 class GuidedDenoiser:
     """Wraps a joint conditional/unconditional network into the `Denoiser` that samplers call.
 
     The conditional and unconditional predictions come from one forward of batch 2B (`batched=True`) or from
-    two forwards of batch B. Where guidance is off at a step (w = 0) or no label is given, only one forward of
-    batch B runs. `nfe` counts network evaluations per sample since the last `reset()`.
+    two forwards of batch B. Where a step needs no guiding prediction (w = 0, outside a guidance interval) or
+    no label is given, only one forward of batch B runs. `guide_model` replaces the unconditional prediction by a
+    second network called with the same labels (autoguidance). `nfe` counts network evaluations per sample
+    since the last `reset()`.
 
     clip_x0: if set, the final x0 estimate is clipped to [-clip_x0, clip_x0] (the data range) and eps is shifted
     so that x_t = alpha x0 + sigma eps still holds (static thresholding, Ho et al. 2020; Saharia et al. 2022).
@@ -78,20 +240,21 @@ class GuidedDenoiser:
         target: str = "eps",
         batched: bool = True,
         clip_x0: Optional[float] = None,
+        guide_model: Optional[ModelFn] = None,
     ):
-        self.model, self.schedule, self.guidance = model, schedule, guidance
+        self.model, self.schedule, self.guidance, self.guide_model = model, schedule, guidance, guide_model
         self.null_label, self.target, self.batched = int(null_label), check_target(target), batched
         if clip_x0 is not None and not clip_x0 > 0:
             raise ValueError(f"clip_x0={clip_x0} must be > 0 or None")
         self.clip_x0 = clip_x0
-        self.nfe = 0
+        self.reset()
 
     def reset(self) -> None:
-        self.nfe = 0
+        self.nfe, self.state = 0, {}
 
-    def _predict(self, x: Tensor, t: Tensor, labels: Tensor) -> Prediction:
+    def _predict(self, model: ModelFn, x: Tensor, t: Tensor, labels: Tensor) -> Prediction:
         alpha, sigma = self.schedule.alpha_sigma(t)
-        return to_prediction(self.model(x, t, labels), x, alpha, sigma, self.target)
+        return to_prediction(model(x, t, labels), x, alpha, sigma, self.target)
 
     def __call__(self, x: Tensor, t: Tensor, labels: Optional[Tensor]) -> Prediction:
         pred = self._guided(x, t, labels)
@@ -104,15 +267,21 @@ class GuidedDenoiser:
     def _guided(self, x: Tensor, t: Tensor, labels: Optional[Tensor]) -> Prediction:
         t0 = float(t[0])  # one noise level for the whole batch: samplers step all samples together
         null = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
-        w = 0.0 if labels is None else self.guidance.weight(t0, float(self.schedule.log_snr(torch.tensor(t0))))
-        if w == 0:
+        if labels is None:
             self.nfe += 1
-            return self._predict(x, t, null if labels is None else labels)
+            return self._predict(self.model, x, t, null)
+        w = self.guidance.strength(t0, float(self.schedule.log_snr(torch.tensor(t0, dtype=torch.float64))))
+        if not self.guidance.needs_uncond(w):
+            self.nfe += 1
+            return self._predict(self.model, x, t, labels)
         self.nfe += 2
-        if self.batched:
-            both = self._predict(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+        if self.guide_model is not None:
+            cond, uncond = self._predict(self.model, x, t, labels), self._predict(self.guide_model, x, t, labels)
+        elif self.batched:
+            both = self._predict(self.model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
             cond = Prediction(*(p[: x.shape[0]] for p in both))
             uncond = Prediction(*(p[x.shape[0] :] for p in both))
         else:
-            cond, uncond = self._predict(x, t, labels), self._predict(x, t, null)
-        return self.guidance.combine(cond, uncond, w)
+            cond, uncond = self._predict(self.model, x, t, labels), self._predict(self.model, x, t, null)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        return self.guidance.combine(cond, uncond, w, x, alpha, sigma, self.state)

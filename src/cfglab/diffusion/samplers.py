@@ -63,6 +63,8 @@ class Sampler:
 class _Ancestral(Sampler):
     """The ancestral family: subclasses give c_eps and std from the step's variances."""
 
+    uses_eps = True  # the step moves along the eps estimate as well as x0
+
     def _coefficients(self, sigma_s2: Tensor, post_var: Tensor, fwd_var: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
@@ -130,6 +132,8 @@ class DPMSolverPP2M(Sampler):
     order (the first equals DDIM), which keeps the global error second order and the final step stable.
     Uses only x0 from the denoiser.
     """
+
+    uses_eps = False
 
     def __init__(self, steps: int = 20):
         super().__init__(steps)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cfglab.diffusion.guidance import CFG, GuidedDenoiser
+from cfglab.diffusion.guidance import CFG, Autoguidance, GuidedDenoiser
 from cfglab.diffusion.samplers import Sampler
 from cfglab.diffusion.schedules import Schedule
 from cfglab.diffusion.targets import broadcast, check_target, training_target
@@ -100,7 +100,24 @@ class CFGDiffusion(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def denoiser(self, guidance: CFG, batched: bool = True) -> GuidedDenoiser:
-        return GuidedDenoiser(self.net, self.schedule, guidance, self.null_label, self.target, batched, self.clip_x0)
+        guide_model = self._guide_net(guidance.guide_ckpt) if isinstance(guidance, Autoguidance) else None
+        return GuidedDenoiser(self.net, self.schedule, guidance, self.null_label, self.target, batched, self.clip_x0,
+                              guide_model)
+
+    def _guide_net(self, ckpt: Optional[str]) -> nn.Module:
+        """The weaker network that autoguidance guides with, loaded once per path."""
+        if not ckpt:
+            raise ValueError("autoguidance needs guidance.guide_ckpt: the checkpoint of a weaker model")
+        cache = self.__dict__.setdefault("_guide_nets", {})
+        if ckpt not in cache:
+            from cfglab.checkpoints import load_module
+
+            _, guide = load_module(ckpt)
+            if guide.num_classes != self.num_classes or guide.target != self.target:
+                raise ValueError(f"guide_ckpt={ckpt!r} has num_classes={guide.num_classes}, target={guide.target!r}; "
+                                 f"this model has {self.num_classes}, {self.target!r}")
+            cache[ckpt] = guide.net.to(self.device).eval()
+        return cache[ckpt]
 
     @torch.inference_mode()
     def sample(
@@ -110,14 +127,22 @@ class CFGDiffusion(L.LightningModule):
         guidance: CFG,
         generator: Optional[torch.Generator] = None,
         batched: bool = True,
+        denoiser: Optional[GuidedDenoiser] = None,
     ) -> Tensor:
-        """Guided samples for `labels` (B,), float (B, C, H, W) in about [-1, 1], on the module's device."""
+        """Guided samples for `labels` (B,), float (B, *net.sample_shape), on the module's device.
+
+        Pass `denoiser` (from `self.denoiser(guidance)`) to read its network-evaluation count afterwards.
+        """
+        if getattr(guidance, "renoise_with_uncond", False) and not getattr(sampler, "uses_eps", True):
+            raise ValueError(f"{type(guidance).__name__} re-noises with the unconditional eps, which {sampler!r} "
+                             "does not use: pick a DDIM, DDPM or Paper sampler")
         net = self.net
-        shape = (labels.shape[0], net.in_channels, net.image_size, net.image_size)
+        shape = (labels.shape[0], *net.sample_shape)
         noise = torch.randn(shape, generator=generator, device=self.device)
         was_training = net.training
         net.eval()
         try:
-            return sampler(self.denoiser(guidance, batched), self.schedule, noise, labels.to(self.device), generator)
+            denoiser = denoiser or self.denoiser(guidance, batched)
+            return sampler(denoiser, self.schedule, noise, labels.to(self.device), generator)
         finally:
             net.train(was_training)

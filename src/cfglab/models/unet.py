@@ -118,6 +118,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight), nn.init.zeros_(self.out[-1].bias)
         self.base_channels = base_channels
+        self.sample_shape = (in_channels, image_size, image_size)
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.base_channels)) + self.label_emb(labels)

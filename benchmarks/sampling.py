@@ -1,0 +1,96 @@
+"""Network evaluations and wall time per 1,000 guided samples, per sampler x guidance method.
+
+    python benchmarks/sampling.py [--ckpt outputs/.../checkpoints/last.ckpt] [--samples 200]
+
+Without --ckpt a digits model is trained first (the default `python train.py` model, fewer steps). The
+baseline row of each sampler is plain CFG with cond+uncond as two separate forward passes; every other row
+is reported as a time ratio against it, measured in the same run. Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+
+import torch
+
+from cfglab.diffusion.guidance import (APG, CFG, CFGPlusPlus, CFGRescale, DynamicThreshold, GuidanceInterval,
+                                       ScheduledCFG)
+from cfglab.diffusion.samplers import DDIM, DDPM, DPMSolverPP2M, Paper
+
+W = 3.0
+VARIANTS = [
+    ("cfg, 2 passes (baseline)", CFG(w=W), False),
+    ("cfg, batched 2B", CFG(w=W), True),
+    ("interval (0.28, 5.42]", GuidanceInterval(w=W), True),
+    ("rescale phi=0.7", CFGRescale(w=W), True),
+    ("dynamic threshold", DynamicThreshold(w=W), True),
+    ("linear w schedule", ScheduledCFG(w=W, shape="linear"), True),
+    ("apg eta=0", APG(w=W), True),
+    ("cfg++ lambda=0.6", CFGPlusPlus(w=0.6), True),
+    ("unguided (w=0)", CFG(w=0.0), True),
+]
+SAMPLERS = [DDIM(steps=50), DPMSolverPP2M(steps=20), DDPM(steps=250), Paper(steps=256)]
+
+
+def trained_module(ckpt: str | None, steps: int):
+    if ckpt:
+        from cfglab.checkpoints import load_module
+
+        return load_module(ckpt)[1]
+    import lightning as L
+    from hydra import compose, initialize_config_dir
+    from pathlib import Path
+
+    from cfglab.lightning.ema import EMA
+    from cfglab.train import build
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["~callbacks", "~logger"])
+    L.seed_everything(0)
+    dm, module = build(cfg)
+    L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[EMA(decay=0.995)],
+              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(module, datamodule=dm)
+    return module.eval()
+
+
+def measure(module, sampler, guidance, batched: bool, n: int) -> tuple[float, float]:
+    labels = torch.arange(n) % module.num_classes
+    den = module.denoiser(guidance, batched)
+    t0 = time.perf_counter()
+    module.sample(labels, sampler, guidance, torch.Generator().manual_seed(0), denoiser=den)
+    return den.nfe, (time.perf_counter() - t0) * 1000 / n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ckpt", default=None)
+    ap.add_argument("--samples", type=int, default=200, help="samples per cell (times are scaled to 1,000)")
+    ap.add_argument("--train-steps", type=int, default=1500)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    module = trained_module(args.ckpt, args.train_steps)
+    rows = []
+    print(f"{'sampler':<28}{'guidance':<28}{'NFE/sample':>11}{'NFE/step':>9}{'s/1k samples':>14}{'vs baseline':>12}")
+    for sampler in SAMPLERS:
+        base = None
+        for name, guidance, batched in VARIANTS:
+            if getattr(guidance, "renoise_with_uncond", False) and not sampler.uses_eps:
+                continue
+            measure(module, sampler, dataclasses.replace(guidance), batched, 10)  # warm-up
+            nfe, sec = measure(module, sampler, guidance, batched, args.samples)
+            base = sec if base is None else base
+            row = {"sampler": repr(sampler), "guidance": name, "nfe_per_sample": nfe, "nfe_per_step": nfe / sampler.steps,
+                   "seconds_per_1k": sec, "time_vs_baseline": sec / base}
+            rows.append(row)
+            print(f"{repr(sampler):<28}{name:<28}{nfe:>11.0f}{nfe / sampler.steps:>9.2f}{sec:>14.2f}{sec / base:>12.2f}")
+    info = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "samples_per_cell": args.samples}
+    print(json.dumps({"benchmark": "sampling", **info, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""GuidanceSweep: sample over a grid of guidance strengths during training and measure each point."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from tqdm.auto import tqdm
+
+from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.samplers import DDIM, Sampler
+from cfglab.grids import save_samples
+from cfglab.sweep import SweepRecord, balanced_labels, plot_tradeoff, run_points
+
+log = logging.getLogger(__name__)
+
+PAPER_WS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)  # close to Ho & Salimans 2022, Table 1
+
+
+def sampling_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:
+    """The weights to sample from: the EMA copy when a weight-averaging callback keeps one."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, WeightAveraging) and getattr(cb, "_average_model", None) is not None:
+            return cb._average_model.module
+    return pl_module
+
+
+class GuidanceSweep(L.Callback):
+    """Every `every_n_epochs` epochs (0: never) and at the end of fit, sample `num_samples` balanced-label images
+    at each w in `ws`, measure them with `metrics`, and write sweep.json / sweep.csv / tradeoff.png and one
+    sample grid per w to `out_dir` (default: the trainer's root dir). Metrics go to every logger as
+    `sweep/<metric>/w=<w>`, and W&B also gets a table and line plots.
+
+    metrics: a callable datamodule -> FidelityMetrics (e.g. functools.partial(build_metrics, ...)), called once.
+    """
+
+    def __init__(self, metrics: Callable, ws: Sequence[float] = PAPER_WS, num_samples: int = 1000,
+                 batch_size: int = 500, sampler: Optional[Sampler] = None, guidance: Optional[CFG] = None,
+                 every_n_epochs: int = 0, seed: int = 0, out_dir: Optional[str] = None, grid_per_class: int = 8):
+        if not ws:
+            raise ValueError("sweep ws is empty: give at least one guidance strength")
+        for w in ws:
+            CFG(w=float(w))  # rejects negative or NaN w before any compute
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 0")
+        self.metrics_factory, self.metrics = metrics, None
+        self.ws, self.num_samples, self.batch_size = [float(w) for w in ws], int(num_samples), int(batch_size)
+        self.sampler, self.guidance = sampler or DDIM(steps=20), guidance or CFG()
+        self.every_n_epochs, self.seed, self.out_dir, self.grid_per_class = every_n_epochs, seed, out_dir, grid_per_class
+        self.points: list[dict] = []
+
+    def setup(self, trainer, pl_module, stage):
+        if self.out_dir is None:
+            self.out_dir = trainer.default_root_dir
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.sweep(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module):
+        self.sweep(trainer, pl_module)
+
+    def sweep(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:
+        rank, world = trainer.global_rank, trainer.world_size
+        if self.metrics is None and rank == 0:
+            self.metrics = self.metrics_factory(trainer.datamodule)
+        module = sampling_module(trainer, pl_module)
+        out_dir, step = Path(self.out_dir), trainer.global_step
+        bar = tqdm(total=self.num_samples * len(self.ws), desc=f"guidance sweep (step {step})", unit="img",
+                   disable=not trainer.progress_bar_callback or rank != 0, leave=False)
+
+        def on_point(point, images):
+            save_samples(images, balanced_labels(len(images), module.num_classes),
+                         out_dir / "sweep_grids" / f"step{step}_w{point['w']:g}.png", self.grid_per_class)
+            metrics = {f"sweep/{k}/w={point['w']:g}": v for k, v in point.items() if isinstance(v, float) and k != "w"}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+
+        record = SweepRecord(out_dir)
+        shard = (rank, world, partial(self._gather, trainer)) if world > 1 else None
+        points = run_points(module, self.ws, self.sampler, self.guidance, self.metrics, record, self.num_samples,
+                            self.batch_size, self.seed, step, on_point, bar.update, shard)
+        bar.close()
+        if rank == 0:
+            plot_tradeoff(record.points, out_dir / "tradeoff.png")
+            self._log_wandb(trainer, points, out_dir, step)
+        self.points = points
+        return points
+
+    def _gather(self, trainer: L.Trainer, images: torch.Tensor) -> Optional[torch.Tensor]:
+        """All ranks' shards (rank r holds batches r, r + W, ...), in batch order on rank 0; one collective call."""
+        world, bs = trainer.world_size, self.batch_size
+        n_batches = -(-self.num_samples // bs)
+        per_rank = -(-n_batches // world)
+        padded = torch.zeros((per_rank * bs, *images.shape[1:]), dtype=images.dtype)
+        padded[: len(images)] = images
+        gathered = trainer.strategy.all_gather(padded.to(trainer.strategy.root_device)).cpu()  # (world, per_rank*bs, ...)
+        if trainer.global_rank != 0:
+            return None
+        batches = []
+        for i in range(n_batches):
+            r, j = i % world, i // world
+            size = min(bs, self.num_samples - i * bs)
+            batches.append(gathered[r, j * bs : j * bs + size])
+        return torch.cat(batches)
+
+    @staticmethod
+    def _log_wandb(trainer, points, out_dir: Path, step: int) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        import wandb
+
+        cols = ["w", "fid", "is", "kid", "precision", "recall", "accuracy", "nfe"]
+        table = wandb.Table(columns=cols, data=[[p.get(c) for c in cols] for p in points])
+        payload = {
+            "sweep/table": table,
+            "sweep/fid_vs_w": wandb.plot.line(table, "w", "fid", title="FID vs w"),
+            "sweep/is_vs_w": wandb.plot.line(table, "w", "is", title="IS vs w"),
+            "sweep/fid_vs_is": wandb.plot.scatter(table, "is", "fid", title="FID vs IS"),
+            "sweep/precision_vs_recall": wandb.plot.scatter(table, "recall", "precision", title="precision vs recall"),
+            "sweep/tradeoff": wandb.Image(str(out_dir / "tradeoff.png")),
+        }
+        for p in points:
+            grid = out_dir / "sweep_grids" / f"step{step}_w{p['w']:g}.png"
+            if grid.exists():
+                payload[f"sweep/samples/w={p['w']:g}"] = wandb.Image(str(grid))
+        for lg in loggers:
+            lg.experiment.log(payload)

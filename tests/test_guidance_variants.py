@@ -1,0 +1,140 @@
+"""Each guidance method's defining property, on a toy net whose output depends on the label."""
+
+import math
+
+import pytest
+import torch
+
+from cfglab.diffusion.guidance import (APG, CFG, Autoguidance, CFGPlusPlus, CFGRescale, DynamicThreshold,
+                                       GuidanceInterval, GuidedDenoiser, ScheduledCFG)
+from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M
+from cfglab.diffusion.schedules import Cosine
+from test_guidance import Recorder
+
+SCHEDULE = Cosine()
+
+
+def at(t, guidance, net=None, labels=None, **kw):
+    net = net or Recorder()
+    den = GuidedDenoiser(net, SCHEDULE, guidance, null_label=10, **kw)
+    x = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(6) if labels is None else labels
+    return den(x, torch.full((6,), t), y), den, net
+
+
+def edm_sigma(t):
+    return math.exp(-float(SCHEDULE.log_snr(torch.tensor(t, dtype=torch.float64))) / 2)
+
+
+def test_interval_outside_is_conditional_without_uncond_call():
+    g = GuidanceInterval(w=3.0, sigma_lo=0.5, sigma_hi=2.0)
+    t_out, t_in = 0.05, 0.5
+    assert not 0.5 < edm_sigma(t_out) <= 2.0 and 0.5 < edm_sigma(t_in) <= 2.0
+    pred, den, net = at(t_out, g)
+    plain, _, _ = at(t_out, CFG(w=0.0))
+    torch.testing.assert_close(pred.eps, plain.eps)
+    assert den.nfe == 1 and len(net.calls) == 1 and (net.calls[0] != 10).all()
+    inside, den_in, _ = at(t_in, g)
+    torch.testing.assert_close(inside.eps, at(t_in, CFG(w=3.0))[0].eps)
+    assert den_in.nfe == 2
+
+
+def test_interval_counts_network_evaluations_over_a_sampling_run():
+    g = GuidanceInterval(w=2.0, sigma_lo=0.5, sigma_hi=2.0)
+    den = GuidedDenoiser(Recorder(), SCHEDULE, g, null_label=10)
+    DDIM(steps=20)(den, SCHEDULE, torch.randn(4, 3), torch.arange(4), None)
+    inside = sum(0.5 < edm_sigma(1 - i / 20) <= 2.0 for i in range(20))
+    assert 0 < inside < 20 and den.nfe == 20 + inside
+
+
+def test_rescale_phi_zero_is_cfg():
+    a, _, _ = at(0.4, CFGRescale(w=2.5, phi=0.0))
+    b, _, _ = at(0.4, CFG(w=2.5))
+    torch.testing.assert_close(a.x0, b.x0)
+    torch.testing.assert_close(a.eps, b.eps, rtol=1e-4, atol=1e-5)
+
+
+def test_rescale_phi_one_matches_conditional_std():
+    net = Recorder()
+    pred, _, _ = at(0.4, CFGRescale(w=4.0, phi=1.0), net=net)
+    cond, _, _ = at(0.4, CFG(w=0.0))
+    torch.testing.assert_close(pred.x0.std(dim=(1, 2, 3)), cond.x0.std(dim=(1, 2, 3)), rtol=1e-4, atol=1e-6)
+
+
+def test_apg_reduces_to_cfg():
+    a, _, _ = at(0.4, APG(w=2.0, eta=1.0, norm_threshold=float("inf"), momentum=0.0))
+    b, _, _ = at(0.4, CFG(w=2.0))
+    torch.testing.assert_close(a.x0, b.x0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.eps, b.eps, rtol=1e-4, atol=1e-4)
+
+
+def test_apg_eta_zero_removes_the_parallel_part():
+    pred, _, _ = at(0.4, APG(w=2.0, eta=0.0))
+    cond, _, _ = at(0.4, CFG(w=0.0))
+    update = (pred.x0 - cond.x0).flatten(1)
+    assert torch.allclose((update * cond.x0.flatten(1)).sum(1), torch.zeros(6), atol=1e-4)
+
+
+def test_apg_norm_cap():
+    pred, _, _ = at(0.4, APG(w=1.0, eta=1.0, norm_threshold=0.01))
+    cond, _, _ = at(0.4, CFG(w=0.0))
+    assert ((pred.x0 - cond.x0).flatten(1).norm(dim=1) <= 0.01 + 1e-5).all()
+
+
+def test_dynamic_threshold_bounds_x0_and_is_cfg_when_inside():
+    pred, _, _ = at(0.9, DynamicThreshold(w=5.0, percentile=0.9))
+    assert pred.x0.abs().max() <= 1 + 1e-6
+    net = lambda x, t, y: 0.1 * torch.tanh(x) + 0.01 * y.float()[:, None, None, None]  # noqa: E731 -- an x0 net, |x0| < 1
+    a, _, _ = at(0.05, DynamicThreshold(w=1.0), net=net, target="x0")
+    b, _, _ = at(0.05, CFG(w=1.0), net=net, target="x0")
+    assert a.x0.abs().max() < 1
+    torch.testing.assert_close(a.x0, b.x0)
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_weight_schedules_average_to_w(shape):
+    g = ScheduledCFG(w=3.0, shape=shape)
+    ts = torch.linspace(0, 1, 10001, dtype=torch.float64)
+    ws = torch.tensor([g.strength(float(t), 0.0) for t in ts])
+    assert float(torch.trapezoid(ws, ts)) == pytest.approx(3.0, rel=1e-6)
+    assert g.strength(1.0, 0.0) == 0.0 and g.strength(0.0, 0.0) == 6.0
+    assert ScheduledCFG(w=3.0, shape="constant").strength(0.3, 0.0) == 3.0
+
+
+def test_cfgpp_lambda_zero_is_unconditional_ddim():
+    schedule, net = Cosine(), Recorder()
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    guided = DDIM(steps=10)(GuidedDenoiser(net, schedule, CFGPlusPlus(w=0.0), null_label=10), schedule, x, torch.arange(6))
+    uncond = DDIM(steps=10)(GuidedDenoiser(net, schedule, CFG(), null_label=10), schedule, x, None)
+    torch.testing.assert_close(guided, uncond)
+
+
+def test_cfgpp_renoises_with_uncond_and_needs_an_eps_sampler():
+    pred, _, net = at(0.4, CFGPlusPlus(w=0.5))
+    uncond, _, _ = at(0.4, CFG(), labels=torch.full((6,), 10))
+    torch.testing.assert_close(pred.eps, uncond.eps)
+    from test_module import small_module
+
+    with pytest.raises(ValueError, match="DPMSolverPP2M"):
+        small_module().sample(torch.arange(2), DPMSolverPP2M(steps=2), CFGPlusPlus(w=0.5))
+    with pytest.raises(ValueError, match="lambda w=1.5"):
+        CFGPlusPlus(w=1.5)
+
+
+def test_autoguidance_guides_with_the_weak_model_on_the_same_label():
+    good, bad = Recorder(), Recorder()
+    bad_fn = lambda x, t, y: 0.5 * bad(x, t, y)  # noqa: E731
+    pred, den, _ = at(0.4, Autoguidance(w=2.0), net=good, guide_model=bad_fn)
+    assert (bad.calls[0] == torch.arange(6)).all() and (good.calls[0] == torch.arange(6)).all()
+    x = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.full((6,), 0.4)
+    torch.testing.assert_close(pred.eps, good(x, t, torch.arange(6)) * 3 - 2 * bad_fn(x, t, torch.arange(6)))
+    assert den.nfe == 2
+
+
+@pytest.mark.parametrize("bad", [lambda: GuidanceInterval(w=1, sigma_lo=2, sigma_hi=1), lambda: CFGRescale(phi=2),
+                                 lambda: DynamicThreshold(percentile=0), lambda: ScheduledCFG(shape="exp"),
+                                 lambda: APG(norm_threshold=0), lambda: APG(w=-1)])
+def test_bad_variant_settings(bad):
+    with pytest.raises(ValueError):
+        bad()

@@ -1,0 +1,121 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from functools import partial
+from unittest import mock
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from cfglab.data.digits import DigitsDataModule
+from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.samplers import DDIM
+from cfglab.lightning.callbacks import GuidanceSweep
+from cfglab.metrics.fidelity import build_metrics
+from cfglab.sweep import SweepRecord, balanced_labels, run_points
+from conftest import ROOT
+from test_module import small_module
+
+
+def test_balanced_labels():
+    assert torch.bincount(balanced_labels(1000, 10)).tolist() == [100] * 10
+    assert torch.bincount(balanced_labels(13, 10)).tolist() == [2, 2, 2] + [1] * 7
+
+
+@pytest.mark.parametrize("content", ['{"points": [{"w": 0', "[1, 2]", "not json", '{"rows": []}'])
+def test_corrupt_record_is_reported(tmp_path, content):
+    (tmp_path / "sweep.json").write_text(content)
+    with pytest.raises(ValueError, match="sweep.json is corrupt"):
+        SweepRecord(tmp_path)
+    assert (tmp_path / "sweep.json").read_text() == content  # nothing overwritten
+
+
+def test_record_round_trip_and_csv(tmp_path):
+    rec = SweepRecord(tmp_path)
+    rec.add({"w": 1.0, "step": 3, "fid": 2.5, "key": {"w": 1.0}})
+    rec.add({"w": 0.0, "step": 3, "fid": 4.0, "key": {"w": 0.0}})
+    rec.add({"w": 1.0, "step": 3, "fid": 2.0, "key": {"w": 1.0}})  # same key replaces
+    again = SweepRecord(tmp_path)
+    assert [p["fid"] for p in again.points] == [4.0, 2.0]
+    lines = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert lines[0].startswith("step,w,fid") and lines[1].startswith("3,0,4") and len(lines) == 3
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_done_points_are_not_recomputed(tmp_path):
+    module = small_module()
+    fake_metrics = lambda images, labels: {"fid": float(images.float().mean())}  # noqa: E731
+    rec = SweepRecord(tmp_path)
+    first = run_points(module, [0.0, 1.0], DDIM(steps=2), CFG(), fake_metrics, rec, 8, 4, seed=0)
+    with mock.patch("cfglab.sweep.generate", side_effect=AssertionError("recomputed")):
+        again = run_points(module, [0.0, 1.0], DDIM(steps=2), CFG(), fake_metrics, SweepRecord(tmp_path), 8, 4, seed=0)
+    assert again == first
+    more = run_points(module, [0.0, 1.0, 2.0], DDIM(steps=2), CFG(), fake_metrics, SweepRecord(tmp_path), 8, 4, seed=0)
+    assert more[:2] == first and more[2]["w"] == 2.0
+    assert more[1]["nfe"] == 4 and more[0]["nfe"] == 2  # w = 0 skips the unconditional forward
+
+
+def test_callback_on_tiny_model_writes_every_artifact(tmp_path):
+    L.seed_everything(0)
+    dm = DigitsDataModule(batch_size=64)
+    sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")), ws=[0, 2], num_samples=60,
+                          batch_size=30, sampler=DDIM(steps=4), out_dir=str(tmp_path / "run"), grid_per_class=3)
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=logger, callbacks=[sweep], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(small_module(lr=2e-3, warmup_steps=5), datamodule=dm)
+    run = tmp_path / "run"
+    points = json.loads((run / "sweep.json").read_text())["points"]
+    assert [p["w"] for p in points] == [0.0, 2.0] and all(p["step"] == 40 for p in points)
+    for p in points:
+        assert {"fid", "is", "kid", "precision", "recall", "accuracy", "nfe", "seconds"} <= set(p)
+        assert (run / "sweep_grids" / f"step40_w{p['w']:g}.png").is_file()
+    assert len((run / "sweep.csv").read_text().splitlines()) == 3
+    assert (run / "tradeoff.png").stat().st_size > 10_000
+    logged = (next((tmp_path / "csv").rglob("metrics.csv"))).read_text().splitlines()[0]
+    assert "sweep/fid/w=0" in logged and "sweep/precision/w=2" in logged
+
+
+@pytest.mark.parametrize("bad, match", [(dict(ws=[]), "empty"), (dict(ws=[0, -1]), "w=-1"),
+                                        (dict(num_samples=0), "num_samples=0")])
+def test_bad_sweep_settings(bad, match):
+    with pytest.raises(ValueError, match=match):
+        GuidanceSweep(metrics=None, **bad)
+
+
+def test_evaluate_killed_midway_resumes_without_recomputing(tmp_path):
+    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")}
+    run = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'train'}", "trainer.max_steps=30",
+           "~callbacks.sweep", "grids.ws=[0]", "grids.per_class=1", "sampler.steps=2", "trainer.enable_progress_bar=false"]
+    subprocess.run(run, check=True, capture_output=True, cwd=ROOT, env=env, timeout=600)
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "eval"
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt_path={ckpt}", f"hydra.run.dir={out}",
+           "sweep.w=[0,0.5,1,2,3,4]", "sweep.num_samples=300", "sampler.steps=25"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    points = []
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            points = json.loads((out / "sweep.json").read_text())["points"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            points = []
+        if len(points) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert len(points) == 2, "the sweep should have been killed after two points"
+    killed = json.loads((out / "sweep.json").read_text())["points"]
+    assert 2 <= len(killed) < 6
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = json.loads((out / "sweep.json").read_text())["points"]
+    assert [p["w"] for p in final] == [0.0, 0.5, 1.0, 2.0, 3.0, 4.0]
+    assert final[: len(killed)] == killed  # finished points kept as they were, not recomputed
+    assert (out / "tradeoff.png").is_file() and len((out / "sweep.csv").read_text().splitlines()) == 7
