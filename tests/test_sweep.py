@@ -119,3 +119,62 @@ def test_evaluate_killed_midway_resumes_without_recomputing(tmp_path):
     assert [p["w"] for p in final] == [0.0, 0.5, 1.0, 2.0, 3.0, 4.0]
     assert final[: len(killed)] == killed  # finished points kept as they were, not recomputed
     assert (out / "tradeoff.png").is_file() and len((out / "sweep.csv").read_text().splitlines()) == 7
+
+
+GUIDANCE_CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "guidance").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", [n for n in GUIDANCE_CONFIGS if n != "autoguidance"])
+def test_every_guidance_config_is_a_sweep_axis(name, tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    guidance = instantiate(OmegaConf.load(ROOT / "conf" / "guidance" / f"{name}.yaml"))
+    fake_metrics = lambda images, labels: {"fid": float(images.float().mean())}  # noqa: E731
+    ws = [0.0, 0.5, 1.0]
+    points = run_points(small_module(), ws, DDIM(steps=3), guidance, fake_metrics, SweepRecord(tmp_path), 6, 6, seed=0)
+    assert [p["w"] for p in points] == ws
+    assert len({p["key"]["guidance"] for p in points}) == 3  # each point carries its own strength
+
+
+def test_autoguidance_sweeps_with_a_weaker_checkpoint(tmp_path):
+    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")}
+    ckpts = {}
+    for name, steps in (("weak", 5), ("strong", 30)):
+        cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / name}", f"trainer.max_steps={steps}",
+               "~callbacks.sweep", "grids.ws=[0]", "grids.per_class=1", "sampler.steps=2",
+               "trainer.enable_progress_bar=false"]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env, timeout=600)
+        ckpts[name] = tmp_path / name / "checkpoints" / "last.ckpt"
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt_path={ckpts['strong']}", f"hydra.run.dir={tmp_path / 'eval'}",
+           "guidance=autoguidance", f"guidance.guide_ckpt={ckpts['weak']}", "sweep.w=[0,2]", "sweep.num_samples=40",
+           "sampler.steps=4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    points = json.loads((tmp_path / "eval" / "sweep.json").read_text())["points"]
+    assert [p["nfe"] for p in points] == [4, 8]  # w = 0: the guiding network is not called
+
+
+def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    L.seed_everything(0)
+    sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")), ws=[0, 1], num_samples=30,
+                          batch_size=30, sampler=DDIM(steps=2), out_dir=str(tmp_path / "run"))
+    logger = WandbLogger(project="cfglab-test", save_dir=str(tmp_path), offline=True)
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=logger, callbacks=[sweep], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(small_module(), datamodule=DigitsDataModule(batch_size=32))
+    import wandb
+
+    wandb.finish()
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    tables = list(run_dir.rglob("*.table.json"))
+    assert tables, "no W&B table written"
+    table = json.loads(tables[0].read_text())
+    assert table["columns"][:3] == ["w", "fid", "is"] and [row[0] for row in table["data"]] == [0.0, 1.0]
+    assert list(run_dir.rglob("*.png"))  # trade-off plot and sample grids as images
+    raw = next(run_dir.glob("*.wandb")).read_bytes()
+    assert b"sweep/fid/w=0" in raw and b"sweep/recall/w=1" in raw

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import csv
+import json
 import os
 import pytest
 import torch
@@ -80,3 +81,12 @@ def test_default_job_samples_follow_their_labels(tmp_path):
     print(f"classifier accuracy on guided samples: {acc}")
     assert acc[3.0] >= 0.9
     assert acc[3.0] > acc[0.0]
+
+
+def test_toy_mixture_job_trains_and_sweeps(tmp_path):
+    run_train(tmp_path, "data=gmm", "model=mlp", "metrics=exact", "module.clip_x0=null", "module.target=v",
+              "trainer.max_steps=60", "callbacks.sweep.ws=[0,3]", "callbacks.sweep.num_samples=100",
+              "grids.per_class=2", "sampler.steps=10")
+    points = json.loads((tmp_path / "sweep.json").read_text())["points"]
+    assert [p["w"] for p in points] == [0.0, 3.0] and all(p["nfe"] > 0 for p in points)
+    assert (tmp_path / "samples_w3.png").is_file() and (tmp_path / "sweep_grids" / "step60_w3.png").is_file()
