@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from cfglab.grids import guided_grids
 
-log = logging.getLogger(__name__)
 
 BUILD_KEYS = ("data", "model", "schedule", "module")  # what a checkpoint needs to rebuild its module
 

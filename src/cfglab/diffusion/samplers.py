@@ -15,7 +15,6 @@ The ancestral family steps x_s = alpha_s x0 + c_eps eps + std z, z ~ N(0, I):
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -17,7 +16,6 @@ from cfglab.diffusion.samplers import DDIM, Sampler
 from cfglab.grids import save_samples
 from cfglab.sweep import SweepRecord, balanced_labels, plot_tradeoff, run_points
 
-log = logging.getLogger(__name__)
 
 PAPER_WS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)  # close to Ho & Salimans 2022, Table 1
 

@@ -61,8 +61,8 @@ def train_classifier(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], 
     steps = max(min_steps, epochs * max(1, len(x) // batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     pad = max(1, x.shape[-1] // 14)
-    for step in range(steps):
-        model.train()
+    model.train()
+    for _ in range(steps):
         idx = torch.randint(len(x), (batch_size,), generator=g)
         xb = F.pad(x[idx], (pad,) * 4, value=-1.0)
         i, j = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=g))

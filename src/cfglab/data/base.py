@@ -1,0 +1,76 @@
+"""In-memory image data modules: every data set here fits in memory, so batches are sliced from one tensor."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def to_model_range(images: Tensor, image_size: int) -> Tensor:
+    """uint8 (N, C, H, W) in [0, 255] -> float32 (N, C, image_size, image_size) in [-1, 1]."""
+    x = images.float().div(127.5).sub(1.0)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(-1.0, 1.0)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """float images in [-1, 1] -> uint8 in [0, 255] (what image files and feature extractors take)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base class: subclasses implement `load()` returning (uint8 images (N, C, H, W), int64 labels (N,)).
+
+    A seeded `val_fraction` of the loaded split is held out for validation, evaluation references and the
+    feature extractor's test accuracy; the rest trains.
+    """
+
+    num_classes: int
+    channels: int
+
+    def __init__(self, image_size: int, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0,
+                 num_workers: int = 0):
+        super().__init__()
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction={val_fraction} must lie in [0, 1)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if image_size < 1:
+            raise ValueError(f"image_size={image_size} must be >= 1")
+        self.image_size, self.batch_size, self.val_fraction = int(image_size), int(batch_size), float(val_fraction)
+        self.seed, self.num_workers = int(seed), int(num_workers)
+        self._splits: Optional[dict[str, tuple[Tensor, Tensor]]] = None
+
+    def load(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """{'train': (x, y), 'val': (x, y)} with x float (N, C, S, S) in [-1, 1]; loaded once."""
+        if self._splits is None:
+            images, labels = self.load()
+            x = to_model_range(images, self.image_size)
+            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
+            n_val = int(round(self.val_fraction * len(x)))
+            val, train = perm[:n_val], perm[n_val:]
+            self._splits = {"train": (x[train], labels[train]), "val": (x[val], labels[val])}
+        return self._splits
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.splits()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        x, y = self.splits()[split]
+        return DataLoader(TensorDataset(x, y), batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
