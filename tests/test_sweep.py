@@ -178,3 +178,18 @@ def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):
     assert list(run_dir.rglob("*.png"))  # trade-off plot and sample grids as images
     raw = next(run_dir.glob("*.wandb")).read_bytes()
     assert b"sweep/fid/w=0" in raw and b"sweep/recall/w=1" in raw
+
+
+def test_periodic_sweeps_during_training_and_the_final_one_reuses_the_last(tmp_path):
+    L.seed_everything(0)
+    dm = DigitsDataModule(batch_size=64, val_fraction=0.1)  # 1,617 training images: 25 steps per epoch
+    sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")), ws=[0, 1], num_samples=30,
+                          batch_size=30, sampler=DDIM(steps=2), every_n_epochs=1, out_dir=str(tmp_path / "run"))
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, callbacks=[sweep], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with mock.patch("cfglab.sweep.generate", wraps=__import__("cfglab.sweep", fromlist=["generate"]).generate) as gen:
+        trainer.fit(small_module(), datamodule=dm)
+    points = json.loads((tmp_path / "run" / "sweep.json").read_text())["points"]
+    assert sorted((p["step"], p["w"]) for p in points) == [(25, 0.0), (25, 1.0), (50, 0.0), (50, 1.0)]
+    assert gen.call_count == 4  # the end-of-fit sweep at step 50 found both points done
+    assert (tmp_path / "run" / "sweep_grids" / "step25_w1.png").is_file()
