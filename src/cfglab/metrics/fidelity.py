@@ -7,6 +7,7 @@ costs one pass over its generated images.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Optional
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 
 def extract(extractor: torch.nn.Module, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
     """uint8 images (N, C, H, W) -> (features (N, D), logits (N, K)), float64 on the CPU."""
-    device = next(extractor.buffers(), None)
-    device = next(extractor.parameters()).device if device is None else device.device
+    tensor = next(itertools.chain(extractor.parameters(), extractor.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
     feats, logits = [], []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
@@ -131,7 +132,6 @@ class ExactFeatures(torch.nn.Module):
     def __init__(self, mixture):
         super().__init__()
         self.mixture = mixture
-        self.register_buffer("_device_anchor", torch.zeros(1))
 
     def forward(self, x: Tensor):
         return x.double(), self.mixture.log_posterior(x)
