@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -25,3 +26,24 @@ def test_ddp_sweep_equals_single_process(tmp_path):
         assert a["num_samples"] == b["num_samples"] == 70 and a["nfe"] == b["nfe"]
         for k in ("fid", "is", "kid", "precision", "recall", "accuracy"):
             assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-12), k  # the very same images
+
+
+@pytest.mark.slow
+def test_train_py_with_two_ddp_processes(tmp_path):
+    """`python train.py strategy=ddp trainer.devices=2` on CPU: one run directory, sharded sweep, rank-0 grids."""
+    import os
+
+    cmd = [sys.executable, str(ROOT / "train.py"), "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.max_steps=30", "callbacks.sweep.num_samples=60", "callbacks.sweep.ws=[0,2]", "grids.per_class=2",
+           "sampler.steps=5", f"hydra.run.dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]  # rank 1 wrote into the same run dir
+    assert (run / "train_ddp_process_1.log").is_file()
+    points = json.loads((run / "sweep.json").read_text())["points"]
+    assert [p["w"] for p in points] == [0.0, 2.0] and all(p["num_samples"] == 60 for p in points)
+    assert proc.stdout.count("guided samples:") == 3  # grids from rank 0 only
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 30

@@ -90,3 +90,19 @@ def test_toy_mixture_job_trains_and_sweeps(tmp_path):
     points = json.loads((tmp_path / "sweep.json").read_text())["points"]
     assert [p["w"] for p in points] == [0.0, 3.0] and all(p["nfe"] > 0 for p in points)
     assert (tmp_path / "samples_w3.png").is_file() and (tmp_path / "sweep_grids" / "step60_w3.png").is_file()
+
+
+class Exploit:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('arbitrary code ran')",))
+
+
+def test_malicious_checkpoint_is_refused(tmp_path):
+    import pickle
+
+    bad = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "cfglab_config": {}, "payload": Exploit()}, bad)
+    with pytest.raises(pickle.UnpicklingError):
+        load_module(bad)
+    with pytest.raises(FileNotFoundError, match="ckpt_path='/nowhere.ckpt'"):
+        load_module("/nowhere.ckpt")
