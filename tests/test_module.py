@@ -102,3 +102,17 @@ def test_ema_weights_are_sampled_and_checkpointed(tmp_path):
     assert not torch.equal(state["current_model_state"][name], averaged[name])
     # after fit the module holds the EMA weights, so sampling uses them
     torch.testing.assert_close(module.state_dict()[name], averaged[name])
+
+
+def test_ema_update_matches_torch_and_pickles():
+    import pickle
+
+    from torch.optim.swa_utils import get_ema_avg_fn
+
+    from cfglab.lightning.ema import EMA, EMAUpdate
+
+    a, b = torch.randn(5), torch.randn(5)
+    torch.testing.assert_close(EMAUpdate(0.9)(a, b, 3), get_ema_avg_fn(0.9)(a, b, 3))
+    pickle.loads(pickle.dumps(EMA(decay=0.99)))  # processes started by spawn receive the callback pickled
+    with pytest.raises(ValueError, match="decay=1.5"):
+        EMA(decay=1.5)
