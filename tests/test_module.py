@@ -116,3 +116,40 @@ def test_ema_update_matches_torch_and_pickles():
     pickle.loads(pickle.dumps(EMA(decay=0.99)))  # processes started by spawn receive the callback pickled
     with pytest.raises(ValueError, match="decay=1.5"):
         EMA(decay=1.5)
+
+
+def test_batched_guidance_setting_reaches_the_denoiser():
+    from cfglab.diffusion.guidance import CFG
+
+    assert small_module().denoiser(CFG(w=1.0)).batched is True
+    module = small_module(batched_guidance=False)
+    assert module.denoiser(CFG(w=1.0)).batched is False and module.denoiser(CFG(w=1.0), batched=True).batched
+    g = torch.Generator().manual_seed(0)
+    a = module.sample(torch.arange(4), __import__("cfglab.diffusion.samplers", fromlist=["DDIM"]).DDIM(steps=3),
+                      CFG(w=2.0), g)
+    b = small_module().sample(torch.arange(4), __import__("cfglab.diffusion.samplers", fromlist=["DDIM"]).DDIM(steps=3),
+                              CFG(w=2.0), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # same samples either way
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    L.seed_everything(0)
+    module = small_module(lr=1e-3, warmup_steps=1)
+    original = module.loss
+
+    def poisoned(x0, labels, generator=None):
+        loss = original(x0, labels, generator)
+        return loss * float("nan") if module.global_step >= 8 else loss
+
+    module.loss = poisoned
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1)
+    trainer = L.Trainer(max_steps=20, accelerator="cpu", logger=False, callbacks=[ckpt], enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    with pytest.raises(FloatingPointError, match="non-finite training loss nan at step 8"):
+        trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    last = torch.load(sorted(tmp_path.glob("*step=8.ckpt"))[0], weights_only=True)
+    assert last["global_step"] == 8
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert all(torch.isfinite(p).all() for p in module.parameters())  # the poisoned step never updated the weights

@@ -35,6 +35,8 @@ class CFGDiffusion(L.LightningModule):
     net: (x_t, t, labels) -> output for `target` ("eps" or "v"); labels in [0, num_classes], where
     num_classes is the null label. p_uncond: probability that a training label is dropped (paper: 0.1 or 0.2).
     clip_x0: the data range; sampling clips x0 estimates to [-clip_x0, clip_x0] (None: no clipping).
+    batched_guidance: conditional and unconditional predictions from one forward of 2B (True) or two of B; see
+    BENCHMARKS.md for which is faster where.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class CFGDiffusion(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 200,
         clip_x0: Optional[float] = 1.0,
+        batched_guidance: bool = True,
     ):
         super().__init__()
         if not 0 <= p_uncond <= 1:
@@ -60,7 +63,7 @@ class CFGDiffusion(L.LightningModule):
         self.net, self.schedule = net, schedule
         self.num_classes, self.target, self.p_uncond = int(num_classes), check_target(target), float(p_uncond)
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), int(warmup_steps)
-        self.clip_x0 = clip_x0
+        self.clip_x0, self.batched_guidance = clip_x0, bool(batched_guidance)
         self.build_config: Optional[dict] = None  # the config groups that rebuild this module (see cfglab.checkpoints)
 
     @property
@@ -78,6 +81,12 @@ class CFGDiffusion(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x0, labels = batch
         loss = self.loss(x0, drop_labels(labels, self.p_uncond, self.null_label))
+        if not torch.isfinite(loss):
+            # Stop before the update reaches the weights: checkpoints written so far stay the last good ones.
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item()} at step {self.global_step}: training stopped; the last "
+                "checkpoint before this step is intact (lower module.lr or check the data for NaN/inf)"
+            )
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -99,7 +108,8 @@ class CFGDiffusion(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def denoiser(self, guidance: CFG, batched: bool = True) -> GuidedDenoiser:
+    def denoiser(self, guidance: CFG, batched: Optional[bool] = None) -> GuidedDenoiser:
+        batched = self.batched_guidance if batched is None else batched
         guide_model = self._guide_net(guidance.guide_ckpt) if isinstance(guidance, Autoguidance) else None
         return GuidedDenoiser(self.net, self.schedule, guidance, self.null_label, self.target, batched, self.clip_x0,
                               guide_model)
@@ -126,7 +136,7 @@ class CFGDiffusion(L.LightningModule):
         sampler: Sampler,
         guidance: CFG,
         generator: Optional[torch.Generator] = None,
-        batched: bool = True,
+        batched: Optional[bool] = None,
         denoiser: Optional[GuidedDenoiser] = None,
     ) -> Tensor:
         """Guided samples for `labels` (B,), float (B, *net.sample_shape), on the module's device.
