@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 def load_module(ckpt_path: str | Path, map_location: str = "cpu"):
     """Rebuild (data module, CFGDiffusion) from the config stored in the checkpoint and load its weights.
 
-    The checkpoint's `state_dict` holds the EMA weights when training used EMAWeightAveraging.
+    The checkpoint's `state_dict` holds the EMA weights when training used EMAWeightAveraging; the module's
+    `checkpoint_step` is the training step the checkpoint was written at.
     Loading uses `weights_only=True`: a checkpoint that needs arbitrary code to unpickle is refused.
     """
     from cfglab.train import build
@@ -24,4 +25,5 @@ def load_module(ckpt_path: str | Path, map_location: str = "cpu"):
         raise ValueError(f"ckpt_path={str(path)!r} has no 'cfglab_config': not a checkpoint written by cfglab's train.py")
     datamodule, module = build(OmegaConf.create(ckpt["cfglab_config"]))
     module.load_state_dict(ckpt["state_dict"])
+    module.checkpoint_step = int(ckpt.get("global_step", 0))
     return datamodule, module.eval()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
@@ -23,7 +22,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     record = SweepRecord(out_dir)  # a corrupt sweep.json fails here, before any compute
     sampler, guidance = instantiate(cfg.sampler), instantiate(cfg.guidance)
     datamodule, module = load_module(cfg.ckpt_path)
-    step = int(torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True).get("global_step", 0))
+    step = module.checkpoint_step
     metrics = instantiate(cfg.metrics)(datamodule)
     for k, v in metrics.info.items():
         print(f"{k}: {v:.4f}")

@@ -252,36 +252,37 @@ class GuidedDenoiser:
     def reset(self) -> None:
         self.nfe, self.state = 0, {}
 
-    def _predict(self, model: ModelFn, x: Tensor, t: Tensor, labels: Tensor) -> Prediction:
-        alpha, sigma = self.schedule.alpha_sigma(t)
+    def _predict(self, model: ModelFn, x: Tensor, t: Tensor, labels: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
         return to_prediction(model(x, t, labels), x, alpha, sigma, self.target)
 
     def __call__(self, x: Tensor, t: Tensor, labels: Optional[Tensor]) -> Prediction:
-        pred = self._guided(x, t, labels)
+        alpha, sigma = self.schedule.alpha_sigma(t)  # once per step, shared by prediction, guidance and clipping
+        pred = self._guided(x, t, labels, alpha, sigma)
         if self.clip_x0 is None:
             return pred
         x0 = pred.x0.clamp(-self.clip_x0, self.clip_x0)
-        alpha, sigma = self.schedule.alpha_sigma(t)
         return Prediction(x0, pred.eps + broadcast(alpha / sigma, x) * (pred.x0 - x0))
 
-    def _guided(self, x: Tensor, t: Tensor, labels: Optional[Tensor]) -> Prediction:
+    def _guided(self, x: Tensor, t: Tensor, labels: Optional[Tensor], alpha: Tensor, sigma: Tensor) -> Prediction:
         t0 = float(t[0])  # one noise level for the whole batch: samplers step all samples together
         null = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
         if labels is None:
             self.nfe += 1
-            return self._predict(self.model, x, t, null)
+            return self._predict(self.model, x, t, null, alpha, sigma)
         w = self.guidance.strength(t0, float(self.schedule.log_snr(torch.tensor(t0, dtype=torch.float64))))
         if not self.guidance.needs_uncond(w):
             self.nfe += 1
-            return self._predict(self.model, x, t, labels)
+            return self._predict(self.model, x, t, labels, alpha, sigma)
         self.nfe += 2
         if self.guide_model is not None:
-            cond, uncond = self._predict(self.model, x, t, labels), self._predict(self.guide_model, x, t, labels)
+            cond = self._predict(self.model, x, t, labels, alpha, sigma)
+            uncond = self._predict(self.guide_model, x, t, labels, alpha, sigma)
         elif self.batched:
-            both = self._predict(self.model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+            both = self._predict(self.model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]),
+                                 torch.cat([alpha, alpha]), torch.cat([sigma, sigma]))
             cond = Prediction(*(p[: x.shape[0]] for p in both))
             uncond = Prediction(*(p[x.shape[0] :] for p in both))
         else:
-            cond, uncond = self._predict(self.model, x, t, labels), self._predict(self.model, x, t, null)
-        alpha, sigma = self.schedule.alpha_sigma(t)
+            cond = self._predict(self.model, x, t, labels, alpha, sigma)
+            uncond = self._predict(self.model, x, t, null, alpha, sigma)
         return self.guidance.combine(cond, uncond, w, x, alpha, sigma, self.state)
