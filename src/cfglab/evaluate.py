@@ -9,16 +9,15 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from cfglab.checkpoints import load_module
-from cfglab.diffusion.guidance import CFG
+from cfglab.config import check_evaluate_config
 from cfglab.grids import save_samples
 from cfglab.sweep import COLUMNS, SweepRecord, balanced_labels, plot_tradeoff, run_points
 
 
 def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     out_dir = Path(out_dir)
+    check_evaluate_config(cfg)
     ws = [float(w) for w in cfg.sweep.w]
-    for w in ws:
-        CFG(w=w)  # invalid strengths fail before the checkpoint is loaded
     record = SweepRecord(out_dir)  # a corrupt sweep.json fails here, before any compute
     sampler, guidance = instantiate(cfg.sampler), instantiate(cfg.guidance)
     datamodule, module = load_module(cfg.ckpt_path)

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from cfglab.config import check_train_config
 from cfglab.grids import guided_grids
+from cfglab.lightning.preemption import preempted
 
 
 BUILD_KEYS = ("data", "model", "schedule", "module")  # what a checkpoint needs to rebuild its module
@@ -27,16 +30,19 @@ def build(cfg: DictConfig):
 
 
 def train(cfg: DictConfig, output_dir: str | Path) -> dict:
+    check_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     sampler, guidance = instantiate(cfg.sampler), instantiate(cfg.guidance)
     datamodule, module = build(cfg)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not loggers:  # nothing to monitor into (Lightning refuses LearningRateMonitor without a logger)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
     paths = []
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and not preempted(trainer):
         paths = guided_grids(module, sampler, guidance, cfg.grids.ws, output_dir, cfg.grids.per_class, cfg.grids.seed)
         for p in paths:
             print(f"guided samples: {p}")

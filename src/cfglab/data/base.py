@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from cfglab.data.loader import InMemoryBatches, training_batches
+
 
 def to_model_range(images: Tensor, image_size: int) -> Tensor:
     """uint8 (N, C, H, W) in [0, 255] -> float32 (N, C, image_size, image_size) in [-1, 1]."""
@@ -34,8 +36,7 @@ class ImageDataModule(L.LightningDataModule):
     num_classes: int
     channels: int
 
-    def __init__(self, image_size: int, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0,
-                 num_workers: int = 0):
+    def __init__(self, image_size: int, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0):
         super().__init__()
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction={val_fraction} must lie in [0, 1)")
@@ -44,7 +45,7 @@ class ImageDataModule(L.LightningDataModule):
         if image_size < 1:
             raise ValueError(f"image_size={image_size} must be >= 1")
         self.image_size, self.batch_size, self.val_fraction = int(image_size), int(batch_size), float(val_fraction)
-        self.seed, self.num_workers = int(seed), int(num_workers)
+        self.seed = int(seed)
         self._splits: Optional[dict[str, tuple[Tensor, Tensor]]] = None
 
     def load(self) -> tuple[Tensor, Tensor]:
@@ -64,13 +65,8 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         self.splits()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        x, y = self.splits()[split]
-        return DataLoader(TensorDataset(x, y), batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> InMemoryBatches:
+        return training_batches(self.trainer, *self.splits()["train"], self.batch_size, self.seed)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return DataLoader(TensorDataset(*self.splits()["val"]), batch_size=self.batch_size)

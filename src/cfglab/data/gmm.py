@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from cfglab.data.loader import training_batches
+
 from cfglab.diffusion.schedules import Schedule
 
 
@@ -120,8 +122,7 @@ class GaussianMixtureDataModule(L.LightningDataModule):
         return self._splits
 
     def train_dataloader(self):
-        return DataLoader(TensorDataset(*self.splits()["train"]), batch_size=self.batch_size, shuffle=True,
-                          drop_last=True)
+        return training_batches(self.trainer, *self.splits()["train"], self.batch_size, self.seed)
 
     def val_dataloader(self):
         return DataLoader(TensorDataset(*self.splits()["val"]), batch_size=self.batch_size)

@@ -216,6 +216,13 @@ class Autoguidance(CFG):
     guide_ckpt: Optional[str] = None
 
 
+def check_sampler_guidance(sampler, guidance) -> None:
+    """Guidance that re-noises with the unconditional eps (CFG++) needs a sampler that uses eps."""
+    if getattr(guidance, "renoise_with_uncond", False) and not getattr(sampler, "uses_eps", True):
+        raise ValueError(f"{type(guidance).__name__} re-noises with the unconditional eps, which {sampler!r} "
+                         "does not use: pick a DDIM, DDPM or Paper sampler")
+
+
 class GuidedDenoiser:
     """Wraps a joint conditional/unconditional network into the `Denoiser` that samplers call.
 

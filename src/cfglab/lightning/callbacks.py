@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -11,9 +12,10 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from tqdm.auto import tqdm
 
-from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.guidance import CFG, check_sampler_guidance
 from cfglab.diffusion.samplers import DDIM, Sampler
 from cfglab.grids import save_samples
+from cfglab.lightning.preemption import preempted
 from cfglab.sweep import SweepRecord, balanced_labels, plot_tradeoff, run_points
 
 
@@ -42,15 +44,16 @@ class GuidanceSweep(L.Callback):
                  every_n_epochs: int = 0, seed: int = 0, out_dir: Optional[str] = None, grid_per_class: int = 8):
         if not ws:
             raise ValueError("sweep ws is empty: give at least one guidance strength")
-        for w in ws:
-            CFG(w=float(w))  # rejects negative or NaN w before any compute
+        self.sampler, self.guidance = sampler or DDIM(steps=20), guidance or CFG()
+        for w in ws:  # the guidance method's own range check (e.g. w >= 0; CFG++ w <= 1) before any compute
+            dataclasses.replace(self.guidance, w=float(w))
+        check_sampler_guidance(self.sampler, self.guidance)
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
         if every_n_epochs < 0:
             raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 0")
         self.metrics_factory, self.metrics = metrics, None
         self.ws, self.num_samples, self.batch_size = [float(w) for w in ws], int(num_samples), int(batch_size)
-        self.sampler, self.guidance = sampler or DDIM(steps=20), guidance or CFG()
         self.every_n_epochs, self.seed, self.out_dir, self.grid_per_class = every_n_epochs, seed, out_dir, grid_per_class
         self.points: list[dict] = []
 
@@ -63,7 +66,8 @@ class GuidanceSweep(L.Callback):
             self.sweep(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module):
-        self.sweep(trainer, pl_module)
+        if not preempted(trainer):  # an unfinished model: the resumed run sweeps at its end
+            self.sweep(trainer, pl_module)
 
     def sweep(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:
         rank, world = trainer.global_rank, trainer.world_size

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Optional
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cfglab.diffusion.guidance import CFG, Autoguidance, GuidedDenoiser
+from cfglab.diffusion.guidance import CFG, Autoguidance, GuidedDenoiser, check_sampler_guidance
 from cfglab.diffusion.samplers import Sampler
 from cfglab.diffusion.schedules import Schedule
 from cfglab.diffusion.targets import broadcast, check_target, training_target
@@ -35,6 +36,7 @@ class CFGDiffusion(L.LightningModule):
     net: (x_t, t, labels) -> output for `target` ("eps" or "v"); labels in [0, num_classes], where
     num_classes is the null label. p_uncond: probability that a training label is dropped (paper: 0.1 or 0.2).
     clip_x0: the data range; sampling clips x0 estimates to [-clip_x0, clip_x0] (None: no clipping).
+    seed: seeds the training noise of each batch (see `step_generator`).
     batched_guidance: conditional and unconditional predictions from one forward of 2B (True) or two of B; see
     BENCHMARKS.md for which is faster where.
     """
@@ -52,6 +54,7 @@ class CFGDiffusion(L.LightningModule):
         warmup_steps: int = 200,
         clip_x0: Optional[float] = 1.0,
         batched_guidance: bool = True,
+        seed: int = 0,
     ):
         super().__init__()
         if not 0 <= p_uncond <= 1:
@@ -63,7 +66,7 @@ class CFGDiffusion(L.LightningModule):
         self.net, self.schedule = net, schedule
         self.num_classes, self.target, self.p_uncond = int(num_classes), check_target(target), float(p_uncond)
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), int(warmup_steps)
-        self.clip_x0, self.batched_guidance = clip_x0, bool(batched_guidance)
+        self.clip_x0, self.batched_guidance, self.seed = clip_x0, bool(batched_guidance), int(seed)
         self.build_config: Optional[dict] = None  # the config groups that rebuild this module (see cfglab.checkpoints)
 
     @property
@@ -78,9 +81,21 @@ class CFGDiffusion(L.LightningModule):
         xt = broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
         return F.mse_loss(self.net(xt, t, labels), training_target(x0, eps, alpha, sigma, self.target))
 
+    def step_generator(self, batch_idx: int, device) -> Optional[torch.Generator]:
+        """The generator for one training batch's label drops, times and noise, seeded by (seed, rank, batch
+        count): a run resumed from a checkpoint draws exactly what the uninterrupted run drew, with no RNG
+        state to save. None (the global RNG) when no trainer is attached."""
+        if self._trainer is None:
+            return None
+        accumulate = self.trainer.accumulate_grad_batches
+        count = self.global_step * accumulate + batch_idx % accumulate
+        seed = np.random.SeedSequence([self.seed, self.global_rank, count]).generate_state(1, np.uint64)[0]
+        return torch.Generator(device=device).manual_seed(int(seed))
+
     def training_step(self, batch, batch_idx):
         x0, labels = batch
-        loss = self.loss(x0, drop_labels(labels, self.p_uncond, self.null_label))
+        g = self.step_generator(batch_idx, x0.device)
+        loss = self.loss(x0, drop_labels(labels, self.p_uncond, self.null_label, g), g)
         if not torch.isfinite(loss):
             # Stop before the update reaches the weights: checkpoints written so far stay the last good ones.
             raise FloatingPointError(
@@ -143,9 +158,7 @@ class CFGDiffusion(L.LightningModule):
 
         Pass `denoiser` (from `self.denoiser(guidance)`) to read its network-evaluation count afterwards.
         """
-        if getattr(guidance, "renoise_with_uncond", False) and not getattr(sampler, "uses_eps", True):
-            raise ValueError(f"{type(guidance).__name__} re-noises with the unconditional eps, which {sampler!r} "
-                             "does not use: pick a DDIM, DDPM or Paper sampler")
+        check_sampler_guidance(sampler, guidance)
         net = self.net
         shape = (labels.shape[0], *net.sample_shape)
         noise = torch.randn(shape, generator=generator, device=self.device)

@@ -59,6 +59,16 @@ class GreyToRGB(torch.nn.Module):
         return self.inner(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
 
 
+def check_inception_weights(weights_path: str | None, allow_download: bool) -> None:
+    if weights_path is None and not allow_download:
+        raise FileNotFoundError(
+            "metrics.weights_path=None: give the local Inception-v3 weights file "
+            "(weights-inception-2015-12-05-6726825d.pth) or set metrics.allow_download=true when online"
+        )
+    if weights_path is not None and not Path(weights_path).is_file():
+        raise FileNotFoundError(f"metrics.weights_path={weights_path!r} does not exist")
+
+
 def inception(weights_path: str | None, allow_download: bool = False) -> torch.nn.Module:
     """torch-fidelity's `inception-v3-compat` (the standard FID/IS network), features '2048' and 'logits_unbiased'.
 
@@ -66,15 +76,8 @@ def inception(weights_path: str | None, allow_download: bool = False) -> torch.n
     that a file needing arbitrary code to unpickle is refused before torch-fidelity loads it. Without a path the
     weights are downloaded only if `allow_download`.
     """
-    if weights_path is None:
-        if not allow_download:
-            raise FileNotFoundError(
-                "metrics.weights_path is not set: give the local Inception-v3 weights file "
-                "(weights-inception-2015-12-05-6726825d.pth) or set metrics.allow_download=true when online"
-            )
-    else:
-        if not Path(weights_path).is_file():
-            raise FileNotFoundError(f"metrics.weights_path={weights_path!r} does not exist")
+    check_inception_weights(weights_path, allow_download)
+    if weights_path is not None:
         torch.load(weights_path, map_location="cpu", weights_only=True)
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                       feature_extractor_weights_path=weights_path)

@@ -21,7 +21,7 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 
 from cfglab.data.base import to_uint8
 from cfglab.metrics.domain import cache_name, data_key, domain_classifier
-from cfglab.metrics.extractors import DOMAIN, DomainFeatureExtractor, inception
+from cfglab.metrics.extractors import DOMAIN, DomainFeatureExtractor, check_inception_weights, inception
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,25 @@ def reference_features(extractor, extractor_key: dict, datamodule, split: str, s
     return features, logits
 
 
+def check_metrics_args(extractor: str = "domain", reference_split: str = "train", weights_path: Optional[str] = None,
+                       allow_download: bool = False, datamodule=None) -> None:
+    """The checks build_metrics makes before any compute (also run on the config before training starts)."""
+    if extractor not in ("domain", "inception", "exact"):
+        raise ValueError(f"metrics.extractor={extractor!r} must be 'domain', 'inception' or 'exact'")
+    if reference_split not in ("train", "val"):
+        raise ValueError(f"metrics.reference_split={reference_split!r} must be 'train' or 'val'")
+    if extractor == "exact" and datamodule is not None and not hasattr(datamodule, "mixture"):
+        raise ValueError("metrics.extractor='exact' needs toy data with a known density (data=gmm)")
+    if extractor == "inception":
+        check_inception_weights(weights_path, allow_download)
+
+
 def build_metrics(datamodule, extractor: str = "domain", cache_dir: str = ".cache/cfglab",
                   reference_split: str = "train", reference_size: Optional[int] = 10_000, classifier_epochs: int = 15,
                   weights_path: Optional[str] = None, allow_download: bool = False, kid_subset_size: int = 1000,
                   prc_neighborhood: int = 3, device: str = "cpu") -> FidelityMetrics:
     """The metrics object a sweep uses, from the `metrics` config group."""
-    if reference_split not in ("train", "val"):
-        raise ValueError(f"metrics.reference_split={reference_split!r} must be 'train' or 'val'")
+    check_metrics_args(extractor, reference_split, weights_path, allow_download, datamodule)
     cache = Path(cache_dir)
     if extractor == "domain":
         path, acc = domain_classifier(datamodule, cache, epochs=classifier_epochs)
@@ -111,15 +123,11 @@ def build_metrics(datamodule, extractor: str = "domain", cache_dir: str = ".cach
         key, info, weights = {"name": DOMAIN, "weights": path.name}, {"classifier_test_accuracy": acc}, str(path)
         log.info("domain classifier held-out accuracy: %.4f", acc)
     elif extractor == "exact":
-        if not hasattr(datamodule, "mixture"):
-            raise ValueError("metrics.extractor='exact' needs toy data with a known density (data=gmm)")
         net = ExactFeatures(datamodule.mixture)
         key, info, weights = {"name": "exact", "mixture": datamodule.split}, {}, None
     elif extractor == "inception":
         net = inception(weights_path, allow_download)
         key, info, weights = {"name": "inception-v3-compat", "weights": str(weights_path)}, {}, weights_path
-    else:
-        raise ValueError(f"metrics.extractor={extractor!r} must be 'domain', 'inception' or 'exact'")
     net = net.to(device)
     ref = reference_features(net, key, datamodule, reference_split, reference_size, cache)
     return FidelityMetrics(net, ref, class_logits=extractor in ("domain", "exact"), kid_subset_size=kid_subset_size,

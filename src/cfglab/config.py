@@ -1,0 +1,241 @@
+"""Checks of a composed train or evaluate config, run before any output is written or compute is spent.
+
+The schema is the code itself: every node with a `_target_` may only hold arguments its target accepts, and
+the cheap objects (data module, model on the meta device, schedule, sampler, guidance, module, callbacks) are
+built once, so their constructors' range checks run. On top come the checks no single constructor can make:
+consistency between groups, the trainer's ranges, file paths. Every problem found is reported at once, each
+naming its config key and bad value.
+
+`CheckConfig` runs the checks as a Hydra callback, before Hydra creates the run directory, so a bad
+configuration leaves nothing behind (and cannot overwrite the .hydra record of a run it was meant to resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import math
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from cfglab.diffusion.guidance import check_sampler_guidance
+
+TRAIN_KEYS = {"data", "model", "schedule", "sampler", "guidance", "trainer", "logger", "callbacks", "metrics",
+              "seed", "ckpt_path", "module", "grids", "hydra"}
+EVALUATE_KEYS = {"sampler", "guidance", "metrics", "ckpt_path", "sweep", "hydra"}
+HYDRA_ARGS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+class ConfigError(ValueError):
+    """One or more bad config values; the message has one line per problem, each naming key and value."""
+
+
+class _Problems:
+    def __init__(self):
+        self.lines: list[tuple[str, str]] = []
+
+    def add(self, key: str, message: str) -> None:
+        if all(message != m for _, m in self.lines):  # interpolated nodes (${sampler}) repeat a complaint
+            self.lines.append((key, message))
+
+    def build(self, key: str, fn: Callable[[], Any]) -> Any:
+        """fn(), or None with the constructor's complaint recorded under `key` (skipped when one of the
+        node's own keys was already reported as unknown)."""
+        if any(k.startswith(key + ".") for k, _ in self.lines):
+            return None
+        try:
+            return fn()
+        except InstantiationException as e:
+            self.add(key, str(e.__cause__ or e).strip())
+        except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            self.add(key, str(e))
+        return None
+
+    def raise_if_any(self, what: str) -> None:
+        if self.lines:
+            raise ConfigError(f"bad {what} configuration, nothing was run:\n  "
+                              + "\n  ".join(f"{k}: {m}" for k, m in self.lines))
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every problem of a train.py config."""
+    p = _Problems()
+    _check_top_level(cfg, TRAIN_KEYS, p)
+    _check_arguments(cfg, "", p)
+    data = p.build("data", lambda: instantiate(cfg.data))
+    sampler = p.build("sampler", lambda: instantiate(cfg.sampler))
+    guidance = p.build("guidance", lambda: instantiate(cfg.guidance))
+    schedule = p.build("schedule", lambda: instantiate(cfg.schedule))
+    if data is not None:
+        shape = {"image_size": data.image_size, "in_channels": data.channels, "num_classes": data.num_classes}
+        for k, v in shape.items():
+            if k in cfg.model and cfg.model[k] != v:
+                p.add(f"model.{k}", f"{cfg.model[k]} disagrees with the data ({type(data).__name__} has {k}={v})")
+        with torch.device("meta"):  # constructors check shapes without allocating the weights
+            net = p.build("model", lambda: instantiate(cfg.model, **shape))
+        if net is not None and schedule is not None:
+            p.build("module", lambda: instantiate(cfg.module, net=net, schedule=schedule, num_classes=data.num_classes))
+        _check_metrics(cfg.metrics, "metrics", data, p)
+    if sampler is not None and guidance is not None:
+        _check_guidance_grid(cfg.grids.ws, "grids.ws", guidance, p)
+        p.build("sampler", lambda: check_sampler_guidance(sampler, guidance))
+    for name, node in (cfg.callbacks or {}).items():
+        if node is not None:
+            p.build(f"callbacks.{name}", lambda node=node: instantiate(node))
+    _positive(cfg.grids, "grids", ("per_class",), p)
+    _check_trainer(cfg.trainer, p)
+    if cfg.ckpt_path not in (None, "last") and not Path(cfg.ckpt_path).is_file():
+        p.add("ckpt_path", f"{cfg.ckpt_path!r} is not a file (use 'last' to resume from the run directory, or null)")
+    p.raise_if_any("train")
+
+
+def check_evaluate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every problem of an evaluate.py config."""
+    p = _Problems()
+    _check_top_level(cfg, EVALUATE_KEYS, p)
+    _check_arguments(cfg, "", p)
+    if cfg.ckpt_path is None or not Path(cfg.ckpt_path).is_file():
+        p.add("ckpt_path", f"{cfg.ckpt_path!r} is not a file")
+    sampler = p.build("sampler", lambda: instantiate(cfg.sampler))
+    guidance = p.build("guidance", lambda: instantiate(cfg.guidance))
+    if sampler is not None and guidance is not None:
+        _check_guidance_grid(cfg.sweep.w, "sweep.w", guidance, p)
+        p.build("sampler", lambda: check_sampler_guidance(sampler, guidance))
+    _check_metrics(cfg.metrics, "metrics", None, p)
+    _positive(cfg.sweep, "sweep", ("num_samples", "batch_size", "grid_per_class"), p)
+    p.raise_if_any("evaluate")
+
+
+def _check_top_level(cfg: DictConfig, known: set, p: _Problems) -> None:
+    for key in set(cfg.keys()) - known:
+        p.add(key, f"unknown key (value {OmegaConf.select(cfg, key)!r}); known keys: {sorted(known - {'hydra'})}")
+
+
+def _check_arguments(node: Any, path: str, p: _Problems) -> None:
+    """Every `_target_` node may only hold arguments that its target accepts."""
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            _check_arguments(item, f"{path}[{i}]", p)
+    if not isinstance(node, DictConfig):
+        return
+    for key in node.keys():
+        if key != "hydra" and not str(key).startswith("_"):
+            _check_arguments(node._get_node(key), f"{path}.{key}" if path else str(key), p)
+    if "_target_" not in node:
+        return
+    try:
+        target = get_method(node._target_) if not isinstance(node._target_, type) else node._target_
+    except Exception:
+        p.add(f"{path}._target_", f"{node._target_!r} cannot be imported")
+        return
+    accepted = _accepted_arguments(target)
+    if accepted is None:
+        return  # forwards keywords to something unknown: its constructor rejects unknown ones
+    for key in set(node.keys()) - accepted - HYDRA_ARGS:
+        p.add(f"{path}.{key}", f"unknown key (value {node._get_node(key)._value()!r}) for {node._target_}; "
+                               f"accepted: {sorted(accepted)}")
+
+
+def _accepted_arguments(target) -> set[str] | None:
+    """Named parameters of a function or class; None when **kwargs may take anything. cfglab's own classes
+    pass **kwargs on to their parent's __init__, so the parents' parameters count too."""
+    inits = [k.__dict__["__init__"] for k in target.__mro__ if "__init__" in k.__dict__] if isinstance(target, type) \
+        else [target]
+    names: set[str] = set()
+    for fn in inits:
+        if fn is object.__init__:
+            return None
+        params = inspect.signature(fn).parameters.values()
+        names |= {q.name for q in params if q.kind not in (q.VAR_KEYWORD, q.VAR_POSITIONAL)} - {"self"}
+        if not any(q.kind is q.VAR_KEYWORD for q in params):
+            return names
+        if not fn.__module__.startswith("cfglab."):
+            return None
+    return None
+
+
+def _check_guidance_grid(ws: Any, key: str, guidance, p: _Problems) -> None:
+    """Each w must be a valid strength for the chosen guidance method (e.g. CFG++ needs w <= 1)."""
+    ws = list(ws or [])
+    for i, w in enumerate(ws):
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            p.add(f"{key}[{i}]", f"{w!r} is not a number")
+        else:
+            p.build(f"{key}[{i}]", lambda w=w: dataclasses.replace(guidance, w=float(w)))
+    if len(set(ws)) != len(ws):
+        p.add(key, f"{ws} repeats a value")
+
+
+def _check_metrics(node: DictConfig, key: str, data, p: _Problems) -> None:
+    from cfglab.metrics.fidelity import check_metrics_args
+
+    args = {k: node[k] for k in ("extractor", "reference_split", "weights_path", "allow_download") if k in node}
+    p.build(key, lambda: check_metrics_args(datamodule=data, **args))
+
+
+def _positive(node: DictConfig, path: str, keys: tuple[str, ...], p: _Problems) -> None:
+    for k in keys:
+        v = node.get(k)
+        if k in node and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            p.add(f"{path}.{k}", f"{v!r} must be an integer >= 1")
+
+
+def _check_trainer(t: DictConfig, p: _Problems) -> None:
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    max_steps = t.get("max_steps", -1)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or (max_steps < 1 and max_steps != -1):
+        p.add("trainer.max_steps", f"{max_steps!r} must be an integer >= 1 (or -1 to train by max_epochs)")
+    elif max_steps == -1 and (t.get("max_epochs") or -1) < 1:
+        p.add("trainer.max_epochs", f"{t.get('max_epochs')!r}: with max_steps=-1 training needs max_epochs >= 1")
+    _positive(t, "trainer", ("accumulate_grad_batches", "log_every_n_steps"), p)
+    if t.get("check_val_every_n_epoch") is not None:
+        _positive(t, "trainer", ("check_val_every_n_epoch",), p)
+    clip = t.get("gradient_clip_val")
+    if clip is not None and not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip >= 0):
+        p.add("trainer.gradient_clip_val", f"{clip!r} must be a finite number >= 0 or null")
+    precision = str(t.get("precision", "32-true"))
+    allowed = typing.get_args(_PRECISION_INPUT_STR) + typing.get_args(_PRECISION_INPUT_STR_ALIAS)
+    if precision not in allowed:
+        p.add("trainer.precision", f"{precision!r} is not one of {list(allowed)}")
+    devices = t.get("devices", "auto")
+    if devices != "auto" and not (isinstance(devices, int) and (devices >= 1 or devices == -1)) \
+            and not isinstance(devices, (ListConfig, list)):
+        p.add("trainer.devices", f"{devices!r} must be 'auto', -1, an integer >= 1 or a list of device ids")
+    if t.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        p.add("trainer.accelerator", f"{t.accelerator!r} but no CUDA device is visible (use trainer=cpu)")
+
+
+class CheckConfig(Callback):
+    """Hydra callback: check a single run's config before Hydra creates its run directory.
+
+    Hydra turns exceptions raised in callbacks into warnings, so a bad config ends the process here with
+    its message and exit status 2. Multirun jobs are checked by train()/evaluate() themselves, before compute.
+    """
+
+    def __init__(self, check: str):
+        self.check: Callable[[DictConfig], None] = get_method(check)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        cfg = copy.deepcopy(config)
+        with open_dict(cfg):  # what run_job sets later, so that ${hydra:runtime.output_dir} resolves now
+            cfg.hydra.runtime.output_dir = str(Path(cfg.hydra.run.dir).absolute())
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.pop("hydra")
+        try:
+            self.check(cfg)
+        except ConfigError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            sys.exit(2)

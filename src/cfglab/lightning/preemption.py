@@ -1,0 +1,64 @@
+"""Preemption: on SIGTERM or SIGUSR1, finish the current step, write last.ckpt and stop training cleanly."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class Preemption(L.Callback):
+    """Turns a scheduler's stop signal into a checkpoint that `ckpt_path=last` resumes from.
+
+    Clusters send SIGTERM before killing a preempted job, and SLURM sends a chosen signal (`--signal=USR1@90`)
+    before a time limit. Lightning's own SIGTERM handling raises an exception after the step, which ends the
+    process with a traceback and no checkpoint; here the handler only records the signal, and the next
+    `on_train_batch_end` writes `last.ckpt` where ModelCheckpoint keeps it (all ranks agree on the step) and
+    stops the fit. The end-of-fit guidance sweep and sample grids are skipped (see `preempted`). Requeueing
+    the job is left to the scheduler or launcher.
+    """
+
+    def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")):
+        self.signals = [getattr(signal, name) if isinstance(name, str) else signal.Signals(name) for name in signals]
+        self.received: signal.Signals | None = None
+        self.checkpoint: Path | None = None
+        self._previous: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
+            self._previous = {s: signal.signal(s, self._record) for s in self.signals}
+
+    def _record(self, signum, frame):
+        self.received = signal.Signals(signum)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        self.checkpoint = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(self.checkpoint)
+        trainer.should_stop = True
+        name = self.received.name if self.received else "a signal on another rank"
+        rank_zero_info(f"stopped by {name} after step {trainer.global_step}; checkpoint: {self.checkpoint}. "
+                       "Run the same command with ckpt_path=last and the same hydra.run.dir to resume.")
+
+    def on_train_end(self, trainer, pl_module):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path:
+    """Where `ckpt_path='last'` looks: ModelCheckpoint's last.ckpt (default_root_dir/checkpoints without one)."""
+    cb = trainer.checkpoint_callback
+    if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+        return Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+def preempted(trainer: L.Trainer) -> bool:
+    """True when a Preemption callback stopped this fit: its model is unfinished."""
+    return any(isinstance(cb, Preemption) and cb.checkpoint is not None for cb in trainer.callbacks)

@@ -1,0 +1,90 @@
+"""Faults injected into real training processes: SIGKILL at an arbitrary step, SIGTERM and SIGUSR1 preemption.
+
+Each interrupted run is resumed with the same command and must end with weights, EMA weights and optimizer
+state bit-identical to an uninterrupted run.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+STEPS = 80
+ARGS = [f"trainer.max_steps={STEPS}", "callbacks.checkpoint.every_n_train_steps=10", "~callbacks.sweep",
+        "grids.ws=[]", "logger=none", "trainer.enable_progress_bar=false", "model.base_channels=16"]
+
+
+def command(run_dir):
+    return [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *ARGS]
+
+
+def run(run_dir):
+    proc = subprocess.run(command(run_dir), capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def last(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def start_and_wait_for_checkpoint(run_dir):
+    """Start training; return the process once its first periodic checkpoint exists."""
+    proc = subprocess.Popen(command(run_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    return proc
+
+
+def assert_same_training_state(a, b):
+    assert a["global_step"] == b["global_step"] == STEPS
+    for key in ("state_dict", "current_model_state"):  # EMA weights, trained weights
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run(run_dir)
+    return last(run_dir)
+
+
+def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(tmp_path, uninterrupted):
+    proc = start_and_wait_for_checkpoint(tmp_path)
+    time.sleep(random.Random(os.getpid()).uniform(0, 1.5))  # any step after the first checkpoint
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = last(tmp_path)["global_step"]
+    assert 10 <= killed_at < STEPS
+    run(tmp_path)
+    assert_same_training_state(uninterrupted, last(tmp_path))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_checkpoints_stops_cleanly_and_resumes(tmp_path, uninterrupted, sig):
+    proc = start_and_wait_for_checkpoint(tmp_path)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    step = last(tmp_path)["global_step"]
+    assert f"stopped by {sig.name} after step {step}" in out
+    assert "Traceback" not in out
+    assert 10 <= step < STEPS
+    run(tmp_path)
+    assert_same_training_state(uninterrupted, last(tmp_path))
