@@ -96,3 +96,29 @@ def test_digits_default():
     assert dm.num_classes == 10 and s["train"][1].max() == 9
     resized = DigitsDataModule(image_size=16).splits()["train"][0]
     assert resized.shape[-2:] == (16, 16)
+
+
+def test_in_memory_batches_shard_ranks_without_overlap_and_resume_at_any_step():
+    from cfglab.data.loader import InMemoryBatches
+
+    x, y = torch.arange(103).float()[:, None], torch.arange(103)
+    ranks = [InMemoryBatches(x, y, 8, seed=3, rank=r, world_size=2) for r in range(2)]
+    assert len(ranks[0]) == 103 // 16
+    seen = torch.cat([b[1] for r in ranks for b in r])
+    assert len(seen) == len(ranks[0]) * 16 and len(seen.unique()) == len(seen)  # no duplicates within an epoch
+    for xb, yb in ranks[0]:
+        assert torch.equal(xb[:, 0].long(), yb)
+
+    def stream(start, n):  # n batches from position `start`, crossing epoch boundaries
+        out, pos = [], start
+        while len(out) < n:
+            loader = InMemoryBatches(x, y, 8, seed=3, start=lambda: pos)
+            for _, yb in loader:
+                out.append(yb)
+                pos += 1
+        return out[:n]
+
+    whole = stream(0, 40)
+    for k in (1, 5, 12, 13, 27):
+        assert all(torch.equal(a, b) for a, b in zip(whole[k:], stream(k, 40 - k)))
+    assert not torch.equal(whole[0], whole[12])  # each epoch draws a new order

@@ -29,6 +29,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from cfglab.diffusion.guidance import check_sampler_guidance
+from cfglab.loggers import find_secrets
 
 TRAIN_KEYS = {"data", "model", "schedule", "sampler", "guidance", "trainer", "logger", "callbacks", "metrics",
               "seed", "ckpt_path", "module", "grids", "hydra"}
@@ -117,6 +118,9 @@ def check_evaluate_config(cfg: DictConfig) -> None:
 
 
 def _check_top_level(cfg: DictConfig, known: set, p: _Problems) -> None:
+    for key in find_secrets(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)):
+        p.add(key, "looks like a credential: configs are saved and logged, so set it in the environment "
+                   "(e.g. WANDB_API_KEY) and not in the config")
     for key in set(cfg.keys()) - known:
         p.add(key, f"unknown key (value {OmegaConf.select(cfg, key)!r}); known keys: {sorted(known - {'hydra'})}")
 

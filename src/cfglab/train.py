@@ -39,6 +39,9 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     if not loggers:  # nothing to monitor into (Lightning refuses LearningRateMonitor without a logger)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    config = OmegaConf.to_container(cfg, resolve=True)  # checked free of credentials by check_train_config
+    for lg in loggers:
+        lg.log_hyperparams(config)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
     paths = []

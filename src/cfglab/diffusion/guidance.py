@@ -232,6 +232,9 @@ class GuidedDenoiser:
     second network called with the same labels (autoguidance). `nfe` counts network evaluations per sample
     since the last `reset()`.
 
+    autocast: run the network (only) under torch.autocast with this dtype, e.g. torch.bfloat16; the guidance
+    combination and the sampler's updates stay in the input's precision.
+
     clip_x0: if set, the final x0 estimate is clipped to [-clip_x0, clip_x0] (the data range) and eps is shifted
     so that x_t = alpha x0 + sigma eps still holds (static thresholding, Ho et al. 2020; Saharia et al. 2022).
     Without it, an eps-prediction network's x0 = (x_t - sigma eps) / alpha amplifies errors by 1/alpha ~ 1e4
@@ -248,8 +251,10 @@ class GuidedDenoiser:
         batched: bool = True,
         clip_x0: Optional[float] = None,
         guide_model: Optional[ModelFn] = None,
+        autocast: Optional[torch.dtype] = None,
     ):
         self.model, self.schedule, self.guidance, self.guide_model = model, schedule, guidance, guide_model
+        self.autocast = autocast
         self.null_label, self.target, self.batched = int(null_label), check_target(target), batched
         if clip_x0 is not None and not clip_x0 > 0:
             raise ValueError(f"clip_x0={clip_x0} must be > 0 or None")
@@ -260,7 +265,9 @@ class GuidedDenoiser:
         self.nfe, self.state = 0, {}
 
     def _predict(self, model: ModelFn, x: Tensor, t: Tensor, labels: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
-        return to_prediction(model(x, t, labels), x, alpha, sigma, self.target)
+        with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            out = model(x, t, labels)
+        return to_prediction(out.float(), x, alpha, sigma, self.target)
 
     def __call__(self, x: Tensor, t: Tensor, labels: Optional[Tensor]) -> Prediction:
         alpha, sigma = self.schedule.alpha_sigma(t)  # once per step, shared by prediction, guidance and clipping

@@ -16,6 +16,9 @@ from cfglab.diffusion.schedules import Schedule
 from cfglab.diffusion.targets import broadcast, check_target, training_target
 
 
+SAMPLE_PRECISION = {"32-true": None, "bf16-mixed": torch.bfloat16}
+
+
 def drop_labels(labels: Tensor, p_uncond: float, null_label: int, generator: Optional[torch.Generator] = None) -> Tensor:
     """Replace each label by `null_label` independently with probability p_uncond (Ho & Salimans 2022, Alg. 1)."""
     drop = torch.rand(labels.shape, generator=generator, device=labels.device) < p_uncond
@@ -37,6 +40,8 @@ class CFGDiffusion(L.LightningModule):
     num_classes is the null label. p_uncond: probability that a training label is dropped (paper: 0.1 or 0.2).
     clip_x0: the data range; sampling clips x0 estimates to [-clip_x0, clip_x0] (None: no clipping).
     seed: seeds the training noise of each batch (see `step_generator`).
+    sample_precision: "32-true", or "bf16-mixed" to run the network under bf16 autocast while sampling (the
+    guidance combination and sampler updates stay float32). Training precision is the trainer's `precision`.
     batched_guidance: conditional and unconditional predictions from one forward of 2B (True) or two of B; see
     BENCHMARKS.md for which is faster where.
     """
@@ -55,6 +60,7 @@ class CFGDiffusion(L.LightningModule):
         clip_x0: Optional[float] = 1.0,
         batched_guidance: bool = True,
         seed: int = 0,
+        sample_precision: str = "32-true",
     ):
         super().__init__()
         if not 0 <= p_uncond <= 1:
@@ -67,6 +73,9 @@ class CFGDiffusion(L.LightningModule):
         self.num_classes, self.target, self.p_uncond = int(num_classes), check_target(target), float(p_uncond)
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), int(warmup_steps)
         self.clip_x0, self.batched_guidance, self.seed = clip_x0, bool(batched_guidance), int(seed)
+        if sample_precision not in SAMPLE_PRECISION:
+            raise ValueError(f"sample_precision={sample_precision!r} must be one of {list(SAMPLE_PRECISION)}")
+        self.sample_precision = sample_precision
         self.build_config: Optional[dict] = None  # the config groups that rebuild this module (see cfglab.checkpoints)
 
     @property
@@ -127,7 +136,7 @@ class CFGDiffusion(L.LightningModule):
         batched = self.batched_guidance if batched is None else batched
         guide_model = self._guide_net(guidance.guide_ckpt) if isinstance(guidance, Autoguidance) else None
         return GuidedDenoiser(self.net, self.schedule, guidance, self.null_label, self.target, batched, self.clip_x0,
-                              guide_model)
+                              guide_model, SAMPLE_PRECISION[self.sample_precision])
 
     def _guide_net(self, ckpt: Optional[str]) -> nn.Module:
         """The weaker network that autoguidance guides with, loaded once per path."""
