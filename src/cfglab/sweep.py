@@ -96,18 +96,19 @@ class SweepRecord:
         return path
 
 
-def plot_tradeoff(points: Sequence[dict], path: str | Path, title: str = "") -> Path:
-    """FID against IS and precision against recall, each point labelled with its w; one line per step."""
+def plot_tradeoff(points: Sequence[dict], path: str | Path, title: str = "", by: str = "step") -> Path:
+    """FID against IS and precision against recall, each point labelled with its w; one line per value of
+    `by` (the training step, or the run of a multirun)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
-    steps = sorted({p.get("step", 0) for p in points})
+    steps = sorted({p.get(by, 0) for p in points})
     for step in steps:
-        pts = sorted((p for p in points if p.get("step", 0) == step), key=lambda p: p["w"])
-        label = f"step {step}" if len(steps) > 1 else None
+        pts = sorted((p for p in points if p.get(by, 0) == step), key=lambda p: p["w"])
+        label = (f"step {step}" if by == "step" else str(step)) if len(steps) > 1 else None
         for ax, (xk, yk) in ((ax1, ("is", "fid")), (ax2, ("recall", "precision"))):
             xs, ys = [p[xk] for p in pts], [p[yk] for p in pts]
             ax.plot(xs, ys, "o-", label=label)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from cfglab.config import check_train_config
 from cfglab.grids import guided_grids
-from cfglab.lightning.preemption import preempted
+from cfglab.lightning.preemption import stop_signal
 
 
 BUILD_KEYS = ("data", "model", "schedule", "module")  # what a checkpoint needs to rebuild its module
@@ -31,6 +34,8 @@ def build(cfg: DictConfig):
 
 def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     check_train_config(cfg)
+    if os.environ.get("SLURM_CPUS_PER_TASK"):  # torch would start one thread per core of the whole node
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     L.seed_everything(cfg.seed, workers=True)
     sampler, guidance = instantiate(cfg.sampler), instantiate(cfg.guidance)
     datamodule, module = build(cfg)
@@ -38,15 +43,19 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not loggers:  # nothing to monitor into (Lightning refuses LearningRateMonitor without a logger)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Under SLURM, Lightning would requeue on SIGUSR1 itself; the Preemption callback and the launcher do it.
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     config = OmegaConf.to_container(cfg, resolve=True)  # checked free of credentials by check_train_config
     for lg in loggers:
         lg.log_hyperparams(config)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
+    stopped_by = stop_signal(trainer)
     paths = []
-    if trainer.is_global_zero and not preempted(trainer):
+    if trainer.is_global_zero and not stopped_by:
         paths = guided_grids(module, sampler, guidance, cfg.grids.ws, output_dir, cfg.grids.per_class, cfg.grids.seed)
         for p in paths:
             print(f"guided samples: {p}")
-    return {"grids": [str(p) for p in paths], "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+    return {"grids": [str(p) for p in paths], "stopped_by": stopped_by,
+            "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from cfglab.diffusion.guidance import CFG, check_sampler_guidance
 from cfglab.diffusion.samplers import DDIM, Sampler
 from cfglab.grids import save_samples
-from cfglab.lightning.preemption import preempted
+from cfglab.lightning.preemption import stop_signal
 from cfglab.sweep import SweepRecord, balanced_labels, plot_tradeoff, run_points
 
 
@@ -66,7 +66,7 @@ class GuidanceSweep(L.Callback):
             self.sweep(trainer, pl_module)
 
     def on_fit_end(self, trainer, pl_module):
-        if not preempted(trainer):  # an unfinished model: the resumed run sweeps at its end
+        if not stop_signal(trainer):  # an unfinished model: the resumed run sweeps at its end
             self.sweep(trainer, pl_module)
 
     def sweep(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:

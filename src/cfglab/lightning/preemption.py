@@ -18,11 +18,16 @@ class Preemption(L.Callback):
     before a time limit. Lightning's own SIGTERM handling raises an exception after the step, which ends the
     process with a traceback and no checkpoint; here the handler only records the signal, and the next
     `on_train_batch_end` writes `last.ckpt` where ModelCheckpoint keeps it (all ranks agree on the step) and
-    stops the fit. The end-of-fit guidance sweep and sample grids are skipped (see `preempted`). Requeueing
-    the job is left to the scheduler or launcher.
+    stops the fit. The end-of-fit guidance sweep and sample grids are skipped (see `stop_signal`), and
+    train.py exits with status 128 + signal number, as a process ended by that signal would.
+
+    Requeueing is left to exactly one mechanism outside: when the signal had a handler of its own before
+    training (submitit's USR2 handler, which requeues the job and exits), that handler is called once the
+    checkpoint is written; Lightning's SLURM auto-requeue is switched off by train(). Without such a handler
+    the process ends normally and the scheduler (or the user) reruns it.
     """
 
-    def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")):
+    def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")):
         self.signals = [getattr(signal, name) if isinstance(name, str) else signal.Signals(name) for name in signals]
         self.received: signal.Signals | None = None
         self.checkpoint: Path | None = None
@@ -46,9 +51,16 @@ class Preemption(L.Callback):
                        "Run the same command with ckpt_path=last and the same hydra.run.dir to resume.")
 
     def on_train_end(self, trainer, pl_module):
-        for s, handler in self._previous.items():
+        previous, self._previous = self._previous, {}
+        for s, handler in previous.items():
             signal.signal(s, handler)
-        self._previous = {}
+        handler = previous.get(self.received)
+        if self.checkpoint is not None and callable(handler) and not _is_lightnings(handler):
+            handler(self.received, None)  # e.g. submitit: requeue this job, which resumes from the checkpoint
+
+
+def _is_lightnings(handler) -> bool:
+    return type(handler).__module__.startswith("lightning.")
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
@@ -59,6 +71,9 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
-def preempted(trainer: L.Trainer) -> bool:
-    """True when a Preemption callback stopped this fit: its model is unfinished."""
-    return any(isinstance(cb, Preemption) and cb.checkpoint is not None for cb in trainer.callbacks)
+def stop_signal(trainer: L.Trainer) -> signal.Signals | None:
+    """The signal that made a Preemption callback stop this fit (its model is unfinished), else None."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, Preemption) and cb.checkpoint is not None:
+            return cb.received or signal.SIGTERM  # the signal reached another rank only
+    return None

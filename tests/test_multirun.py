@@ -1,0 +1,57 @@
+"""Hydra multiruns on this machine: experiment presets, non-colliding directories, the aggregation command."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cfglab.aggregate import collect
+from cfglab.config import check_train_config
+from conftest import ROOT, SHARED_MNIST
+from test_config_check import composed
+
+TINY = ["trainer.max_steps=20", "model.base_channels=16", "grids.ws=[0]", "grids.per_class=1", "sampler.steps=3",
+        "callbacks.sweep.ws=[0,2]", "callbacks.sweep.num_samples=40", "callbacks.sweep.batch_size=40",
+        "trainer.enable_progress_bar=false"]
+
+
+def multirun(cwd, *overrides):
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, *overrides]
+    env = {**os.environ, "CFGLAB_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}  # two at once on 2 cores
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="needs the shared MNIST test split")
+@pytest.mark.parametrize("name", ["mnist_study", "paper_table1"])
+def test_experiment_presets_compose_and_pass_the_checks(name, tmp_path):
+    cfg = composed("config", [f"experiment={name}", f"data.data_dir={SHARED_MNIST}"], tmp_path)
+    check_train_config(cfg)
+    assert cfg.data.split == "test" and cfg.model.channel_mult == [1, 2, 2]
+    if name == "paper_table1":
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            hydra_cfg = compose("config", [f"experiment={name}"], return_hydra_config=True).hydra
+        assert hydra_cfg.sweeper.params["module.p_uncond"] == "0.1,0.2,0.5"
+        assert list(cfg.callbacks.sweep.ws) == [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 2, 3, 4]
+
+
+def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path):
+    procs = [multirun(tmp_path, "module.p_uncond=0.1,0.5"), multirun(tmp_path, "module.p_uncond=0.2", "~callbacks.sweep")]
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, out[-3000:]
+    sweeps = sorted(d for d in (tmp_path / "multirun").glob("*/*") if d.is_dir())
+    assert len(sweeps) == 2  # started within the same second, yet separate
+    big = next(d for d in sweeps if (d / "1").is_dir())
+    proc = subprocess.run([sys.executable, str(ROOT / "aggregate.py"), str(big)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    varying, rows = collect(big)
+    assert varying == ["module.p_uncond"]
+    assert sorted((r["module.p_uncond"], r["w"]) for r in rows) == [("0.1", 0.0), ("0.1", 2.0), ("0.5", 0.0), ("0.5", 2.0)]
+    assert all(isinstance(r["fid"], float) and r["fid"] > 0 for r in rows)
+    table = (big / "aggregate.md").read_text()
+    assert "| w | p_uncond=0.1 | p_uncond=0.5 |" in table and "### fid" in table and "### recall" in table
+    assert (big / "aggregate.png").is_file() and len((big / "aggregate.csv").read_text().splitlines()) == 5
