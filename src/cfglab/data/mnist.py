@@ -1,7 +1,7 @@
-"""MNIST from the standard IDX files, gzipped or not.
+"""MNIST and Fashion-MNIST from the standard IDX files, gzipped or not.
 
-Looks in `data_dir` itself (a flat folder of IDX files) and in `data_dir/MNIST/raw` (the layout torchvision
-downloads to). `split` picks the official split to draw images from: "train" (60k) or "test" (10k, "t10k" files).
+Looks in `data_dir` itself (a flat folder of IDX files) and in `data_dir/<MNIST|FashionMNIST>/raw` (the layout
+torchvision downloads to). `split` picks the official split: "train" (60k) or "test" (10k, "t10k" files).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def find_idx(data_dir: Path, name: str) -> Path | None:
-    for folder in (data_dir, data_dir / "MNIST" / "raw"):
+def find_idx(data_dir: Path, name: str, folder_name: str = "MNIST") -> Path | None:
+    for folder in (data_dir, data_dir / folder_name / "raw"):
         for candidate in (folder / name, folder / f"{name}.gz"):
             if candidate.is_file():
                 return candidate
@@ -44,6 +44,7 @@ def find_idx(data_dir: Path, name: str) -> Path | None:
 class MNISTDataModule(ImageDataModule):
     num_classes = 10
     channels = 1
+    name = "MNIST"  # torchvision's class and folder name
 
     def __init__(self, data_dir: str, split: str = "train", download: bool = False, image_size: int = 28, **kwargs):
         super().__init__(image_size=image_size, **kwargs)
@@ -52,26 +53,26 @@ class MNISTDataModule(ImageDataModule):
         self.data_dir, self.split, self.download = Path(str(data_dir)).expanduser().resolve(), split, bool(download)
         if not self.download and self._files() is None:
             raise FileNotFoundError(
-                f"MNIST {split} IDX files ({_PREFIX[split]}-images-idx3-ubyte[.gz], {_PREFIX[split]}-labels-idx1-ubyte"
-                f"[.gz]) not found in data_dir={str(self.data_dir)!r} or its MNIST/raw; set data.data_dir to the "
+                f"{self.name} {split} IDX files ({_PREFIX[split]}-images-idx3-ubyte[.gz], {_PREFIX[split]}-labels-idx1-"
+                f"ubyte[.gz]) not found in data_dir={str(self.data_dir)!r} or its {self.name}/raw; set data.data_dir to the "
                 "folder that holds them, or data.download=true to fetch them with torchvision"
             )
 
     def _files(self) -> tuple[Path, Path] | None:
         prefix = _PREFIX[self.split]
-        images = find_idx(self.data_dir, f"{prefix}-images-idx3-ubyte")
-        labels = find_idx(self.data_dir, f"{prefix}-labels-idx1-ubyte")
+        images = find_idx(self.data_dir, f"{prefix}-images-idx3-ubyte", self.name)
+        labels = find_idx(self.data_dir, f"{prefix}-labels-idx1-ubyte", self.name)
         return (images, labels) if images and labels else None
 
     def prepare_data(self) -> None:
         if self.download and self._files() is None:
-            from torchvision.datasets import MNIST
+            import torchvision.datasets
 
             try:
-                MNIST(str(self.data_dir), train=self.split == "train", download=True)
+                getattr(torchvision.datasets, self.name)(str(self.data_dir), train=self.split == "train", download=True)
             except Exception as e:  # offline, proxy, disk: say where the files were expected
                 raise RuntimeError(
-                    f"could not download MNIST into data_dir={str(self.data_dir)!r} ({e}); place the IDX files there "
+                    f"could not download {self.name} into data_dir={str(self.data_dir)!r} ({e}); place the IDX files there "
                     "by hand and set data.download=false"
                 ) from e
 
@@ -79,8 +80,14 @@ class MNISTDataModule(ImageDataModule):
         self.prepare_data()
         files = self._files()
         if files is None:
-            raise FileNotFoundError(f"MNIST {self.split} IDX files not found in data_dir={str(self.data_dir)!r}")
+            raise FileNotFoundError(f"{self.name} {self.split} IDX files not found in data_dir={str(self.data_dir)!r}")
         images, labels = (read_idx(f) for f in files)
         if len(images) != len(labels):
             raise ValueError(f"{files[0]} holds {len(images)} images but {files[1]} {len(labels)} labels")
         return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """Fashion-MNIST (Xiao et al. 2017): the same IDX format and file names, 10 clothing classes."""
+
+    name = "FashionMNIST"

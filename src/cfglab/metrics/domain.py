@@ -77,7 +77,7 @@ def train_classifier(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], 
 
 def data_key(datamodule) -> dict:
     """What identifies a data set configuration: class and constructor settings that change its images."""
-    keep = ("image_size", "val_fraction", "seed", "split", "data_dir")
+    keep = ("image_size", "val_fraction", "seed", "split", "data_dir", "channels", "classes")
     return {"class": type(datamodule).__name__, **{k: str(getattr(datamodule, k)) for k in keep if hasattr(datamodule, k)}}
 
 

@@ -1,0 +1,53 @@
+"""Users' own images: one subfolder per class (torchvision's ImageFolder layout), loaded once into memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cfglab.data.base import ImageDataModule
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """data_dir/<class name>/<image file>; classes are the subfolder names in sorted order (label 0, 1, ...).
+
+    Each image is resized so that its shorter side is `image_size`, centre-cropped to a square, and stored as
+    uint8; channels: 3 (RGB) or 1 (greyscale).
+    """
+
+    def __init__(self, data_dir: str, image_size: int = 32, channels: int = 3, **kwargs):
+        super().__init__(image_size=image_size, **kwargs)
+        from torchvision.datasets.folder import find_classes
+
+        if channels not in (1, 3):
+            raise ValueError(f"data.channels={channels} must be 1 or 3")
+        self.data_dir, self.channels = Path(str(data_dir)).expanduser().resolve(), int(channels)
+        if not self.data_dir.is_dir():
+            raise FileNotFoundError(f"data_dir={str(self.data_dir)!r} is not a folder of class subfolders")
+        try:
+            self.classes, _ = find_classes(str(self.data_dir))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"data_dir={str(self.data_dir)!r}: {e}") from e
+        self.num_classes = len(self.classes)
+
+    def load(self):
+        from PIL import Image
+        from torchvision.datasets import ImageFolder
+
+        dataset = ImageFolder(str(self.data_dir))
+        if list(dataset.classes) != list(self.classes):
+            raise RuntimeError(f"class folders in {self.data_dir} changed since the data module was built")
+        mode, size = ("RGB" if self.channels == 3 else "L"), self.image_size
+        images = np.empty((len(dataset.samples), self.channels, size, size), dtype=np.uint8)
+        for i, (path, _) in enumerate(dataset.samples):
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                scale = size / min(img.size)
+                w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+                img = img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=None)
+                left, top = (w - size) // 2, (h - size) // 2
+                arr = np.asarray(img.crop((left, top, left + size, top + size)))
+            images[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return torch.from_numpy(images), torch.tensor(dataset.targets, dtype=torch.int64)

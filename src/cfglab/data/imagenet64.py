@@ -1,0 +1,64 @@
+"""Downsampled ImageNet 64x64 (Chrabaszcz et al. 2017, "A Downsampled Variant of ImageNet") in its npz batches:
+train_data_batch_1..10.npz and val_data.npz, each with `data` (N, 12288) uint8 and `labels` (N,) in 1..1000."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from cfglab.data.base import ImageDataModule
+
+
+def read_npz_batch(path: Path, side: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, 3, side, side) and 0-based int64 labels of one batch file (no pickles allowed)."""
+    with np.load(path, allow_pickle=False) as batch:
+        data, labels = batch["data"], np.asarray(batch["labels"], dtype=np.int64) - 1
+    if data.ndim != 2 or data.shape[1] != 3 * side * side or len(data) != len(labels):
+        raise ValueError(f"{path}: expected data (N, {3 * side * side}) and N labels, got {data.shape}, {labels.shape}")
+    return data.reshape(-1, 3, side, side), labels  # rows are the R, G and B planes
+
+
+class ImageNet64DataModule(ImageDataModule):
+    """split "train" reads every train_data_batch_*.npz, "val" reads val_data.npz. The full training set is
+    1.28 M images (15.7 GB as uint8); `classes` keeps only these class ids (0-based), relabelled 0..len-1,
+    which is how class-conditional studies at this scale usually run on one machine."""
+
+    channels = 3
+
+    def __init__(self, data_dir: str, split: str = "train", classes: Optional[Sequence[int]] = None,
+                 image_size: int = 64, **kwargs):
+        super().__init__(image_size=image_size, **kwargs)
+        if split not in ("train", "val"):
+            raise ValueError(f"data.split={split!r} must be 'train' or 'val'")
+        self.data_dir, self.split = Path(str(data_dir)).expanduser().resolve(), split
+        self.classes = None if classes is None else [int(c) for c in classes]
+        if self.classes is not None and (len(set(self.classes)) != len(self.classes)
+                                         or not all(0 <= c < 1000 for c in self.classes)):
+            raise ValueError(f"data.classes={self.classes} must be distinct class ids in [0, 1000)")
+        self.num_classes = 1000 if self.classes is None else len(self.classes)
+        if not self._files():
+            raise FileNotFoundError(f"no ImageNet 64x64 {split} batches ({self._pattern()}) in "
+                                    f"data_dir={str(self.data_dir)!r}")
+
+    def _pattern(self) -> str:
+        return "train_data_batch_*.npz" if self.split == "train" else "val_data.npz"
+
+    def _files(self) -> list[Path]:
+        return sorted(self.data_dir.glob(self._pattern()), key=lambda p: (len(p.name), p.name))
+
+    def load(self):
+        images, labels = [], []
+        keep = None if self.classes is None else np.full(1000, -1, dtype=np.int64)
+        if keep is not None:
+            keep[self.classes] = np.arange(len(self.classes))
+        for path in self._files():
+            x, y = read_npz_batch(path)
+            if keep is not None:  # filter per file so that only the kept classes are ever held in memory
+                y = keep[y]
+                x, y = x[y >= 0], y[y >= 0]
+            images.append(x)
+            labels.append(y)
+        return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
