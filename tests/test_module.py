@@ -111,8 +111,11 @@ def test_ema_update_matches_torch_and_pickles():
 
     from cfglab.lightning.ema import EMA, EMAUpdate
 
-    a, b = torch.randn(5), torch.randn(5)
-    torch.testing.assert_close(EMAUpdate(0.9)(a, b, 3), get_ema_avg_fn(0.9)(a, b, 3))
+    ema, current = [torch.randn(5), torch.randn(2, 3)], [torch.randn(5), torch.randn(2, 3)]
+    expected = [get_ema_avg_fn(0.9)(e, c, 3) for e, c in zip(ema, current)]
+    EMAUpdate(0.9)(ema, current, 3)  # in place, all parameters at once
+    for e, x in zip(ema, expected):
+        torch.testing.assert_close(e, x)
     pickle.loads(pickle.dumps(EMA(decay=0.99)))  # processes started by spawn receive the callback pickled
     with pytest.raises(ValueError, match="decay=1.5"):
         EMA(decay=1.5)
@@ -177,3 +180,15 @@ def test_bf16_autocast_training_and_sampling_stay_finite_and_close_to_float32():
             gap = (out["bf16-mixed"] - out["32-true"]).abs().mean().item()
             print(f"{sampler!r} w={w}: mean |bf16 - fp32| = {gap:.4f}")
             assert gap < 0.03  # data range [-1, 1]; measured 0.003-0.007
+
+
+@pytest.mark.slow
+def test_compiled_network_trains_and_keeps_checkpoint_keys(tmp_path):
+    L.seed_everything(0)
+    module = small_module(compile=True)
+    keys = set(module.state_dict())
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    assert set(module.state_dict()) == keys  # in-place compile: checkpoints load into uncompiled modules
+    assert getattr(module.net, "_compiled_call_impl", None) is not None

@@ -38,13 +38,17 @@ def test_experiment_presets_compose_and_pass_the_checks(name, tmp_path):
 
 
 def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path):
-    procs = [multirun(tmp_path, "module.p_uncond=0.1,0.5"), multirun(tmp_path, "module.p_uncond=0.2", "~callbacks.sweep")]
+    procs = [multirun(tmp_path, "module.p_uncond=0.1,0.5"),
+             multirun(tmp_path, "module.p_uncond=0.2", "~callbacks.sweep", "logger=wandb", "logger.wandb.mode=offline")]
     for p in procs:
         out, _ = p.communicate(timeout=900)
         assert p.returncode == 0, out[-3000:]
     sweeps = sorted(d for d in (tmp_path / "multirun").glob("*/*") if d.is_dir())
     assert len(sweeps) == 2  # started within the same second, yet separate
     big = next(d for d in sweeps if (d / "1").is_dir())
+    small = next(d for d in sweeps if d != big)
+    raw = next(small.rglob("run-*.wandb")).read_bytes()
+    assert small.name.encode() in raw and b"module.p_uncond=0.2" in raw  # W&B group: the multirun; name: the job
     proc = subprocess.run([sys.executable, str(ROOT / "aggregate.py"), str(big)], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

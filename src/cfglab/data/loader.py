@@ -3,8 +3,8 @@
 Written by hand because a DataLoader over a TensorDataset cannot resume mid-epoch: Lightning restarts its
 iterator at the epoch's first batch, and a stateful loader's saved position is off by the batch Lightning has
 prefetched. Here the position is derived from the trainer's step count, so a run resumed from a checkpoint
-draws exactly the batches the uninterrupted run would have drawn. Slicing one tensor is also much faster than
-collating single items.
+draws exactly the batches the uninterrupted run would have drawn. (Speed is the same as a DataLoader's at
+MNIST scale: benchmarks/train_throughput.py.)
 """
 
 from __future__ import annotations

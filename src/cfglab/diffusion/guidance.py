@@ -277,13 +277,18 @@ class GuidedDenoiser:
         x0 = pred.x0.clamp(-self.clip_x0, self.clip_x0)
         return Prediction(x0, pred.eps + broadcast(alpha / sigma, x) * (pred.x0 - x0))
 
-    def _guided(self, x: Tensor, t: Tensor, labels: Optional[Tensor], alpha: Tensor, sigma: Tensor) -> Prediction:
+    def _strength(self, t: Tensor) -> float:
+        if type(self.guidance).strength is CFG.strength:
+            return self.guidance.w  # constant in time: t is not read back from the device (no sync per step)
         t0 = float(t[0])  # one noise level for the whole batch: samplers step all samples together
+        return self.guidance.strength(t0, float(self.schedule.log_snr(torch.tensor(t0, dtype=torch.float64))))
+
+    def _guided(self, x: Tensor, t: Tensor, labels: Optional[Tensor], alpha: Tensor, sigma: Tensor) -> Prediction:
         null = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
         if labels is None:
             self.nfe += 1
             return self._predict(self.model, x, t, null, alpha, sigma)
-        w = self.guidance.strength(t0, float(self.schedule.log_snr(torch.tensor(t0, dtype=torch.float64))))
+        w = self._strength(t)
         if not self.guidance.needs_uncond(w):
             self.nfe += 1
             return self._predict(self.model, x, t, labels, alpha, sigma)

@@ -42,6 +42,7 @@ class CFGDiffusion(L.LightningModule):
     seed: seeds the training noise of each batch (see `step_generator`).
     sample_precision: "32-true", or "bf16-mixed" to run the network under bf16 autocast while sampling (the
     guidance combination and sampler updates stay float32). Training precision is the trainer's `precision`.
+    compile: torch.compile the network in place at setup (state_dict keys unchanged); see BENCHMARKS.md.
     batched_guidance: conditional and unconditional predictions from one forward of 2B (True) or two of B; see
     BENCHMARKS.md for which is faster where.
     """
@@ -61,6 +62,7 @@ class CFGDiffusion(L.LightningModule):
         batched_guidance: bool = True,
         seed: int = 0,
         sample_precision: str = "32-true",
+        compile: bool = False,
     ):
         super().__init__()
         if not 0 <= p_uncond <= 1:
@@ -75,8 +77,12 @@ class CFGDiffusion(L.LightningModule):
         self.clip_x0, self.batched_guidance, self.seed = clip_x0, bool(batched_guidance), int(seed)
         if sample_precision not in SAMPLE_PRECISION:
             raise ValueError(f"sample_precision={sample_precision!r} must be one of {list(SAMPLE_PRECISION)}")
-        self.sample_precision = sample_precision
+        self.sample_precision, self.compile_net = sample_precision, bool(compile)
         self.build_config: Optional[dict] = None  # the config groups that rebuild this module (see cfglab.checkpoints)
+
+    def setup(self, stage: str) -> None:
+        if self.compile_net:
+            self.net.compile()
 
     @property
     def null_label(self) -> int:
