@@ -1,4 +1,4 @@
-"""Preemption: on SIGTERM or SIGUSR1, finish the current step, write last.ckpt and stop training cleanly."""
+"""Preemption: on SIGTERM, SIGUSR1 or SIGUSR2, finish the current step, write last.ckpt and stop training cleanly."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Preemption(L.Callback):
     Requeueing is left to exactly one mechanism outside: when the signal had a handler of its own before
     training (submitit's USR2 handler, which requeues the job and exits), that handler is called once the
     checkpoint is written; Lightning's SLURM auto-requeue is switched off by train(). Without such a handler
-    the process ends normally and the scheduler (or the user) reruns it.
+    train.py exits as described above and the scheduler (or the user) reruns it.
     """
 
     def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")):
