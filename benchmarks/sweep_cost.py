@@ -1,16 +1,18 @@
 """What a guidance sweep costs, and what the fast settings give up in quality, on a trained checkpoint.
 
-    python benchmarks/sweep_cost.py --ckpt outputs/.../checkpoints/last.ckpt [--samples 1000] [--quality-samples 500]
+    python benchmarks/sweep_cost.py --ckpt outputs/.../checkpoints/last.ckpt [--parts settings sweep solver interval]
 
-1. Sampling settings, timed on the same 100 guided samples (w = 1): fp32 and bf16 autocast, one batched 2B forward
-   or two B forwards; the fastest is used below.
-2. The full sweep, end to end: 7 guidance strengths x `--samples` samples, DPM-Solver++(2M) 20 steps, domain
-   FID / IS / KID / precision / recall (feature extractor and reference statistics included). The baseline is the
-   paper's sampler (256 ancestral steps, cond and uncond as two fp32 forwards), timed on 50 samples and scaled to
-   the same sweep.
-3. Quality at equal sample count (`--quality-samples`, same seeds): domain FID of the 20-step sampler against
-   250-step ancestral sampling (DDPM) at w = 1, and of guidance intervals against plain CFG over the w grid
-   (best FID of each, and network evaluations per step).
+Parts (all by default; minutes on the 2-core CPU of BENCHMARKS.md at the default sizes):
+  settings  (1)   sampling settings, timed on the same 100 guided samples (w = 1): fp32 and bf16 autocast, one
+                  batched 2B forward or two B forwards; the fastest is used by the other parts.
+  sweep     (9)   the full sweep, end to end: 7 guidance strengths x `--samples` samples, DPM-Solver++(2M)
+                  20 steps, domain FID / IS / KID / precision / recall (feature extractor and reference statistics
+                  included). Baseline: the paper's sampler (256 ancestral steps, cond and uncond as two fp32
+                  forwards), timed on 50 samples and scaled to the same sweep.
+  solver    (7)   domain FID of the 20-step solver against 250-step ancestral sampling (DDPM) at w = 1, same
+                  `--quality-samples` labels and seeds.
+  interval  (12)  guidance intervals against plain CFG over the `--quality-ws` grid: FID per w, best FID and
+                  network evaluations per step, same labels and seeds in every cell.
 Prints tables and one JSON line.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import tempfile
 import time
@@ -32,7 +35,10 @@ from cfglab.metrics.fidelity import build_metrics
 from cfglab.sweep import SweepRecord, balanced_labels, generate, run_points
 
 WS = [0.0, 0.3, 0.5, 1.0, 2.0, 3.0, 4.0]
-INTERVALS = [(0.28, 5.42), (0.5, 2.0), (0.7, 2.0)]  # EDM sigma ranges; the first is Kynkaenniemi et al.'s
+PARTS = ["settings", "sweep", "solver", "interval"]
+QUALITY_WS = [0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+# EDM sigma ranges: Kynkaenniemi et al.'s ImageNet-512 interval, and high noise only (conf/guidance/interval_high)
+INTERVALS = [(0.28, 5.42), (2.0, math.inf), (3.0, math.inf)]
 
 
 def timed(fn):
@@ -41,26 +47,13 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def fid_of(module, metrics, sampler, guidance, n, batch):
+def fid_of(module, metrics, sampler, guidance, n, batch, seed):
     labels = balanced_labels(n, module.num_classes)
-    images, nfe = generate(module, labels, sampler, guidance, batch, seed=1)
+    images, nfe = generate(module, labels, sampler, guidance, batch, seed=seed)
     return metrics(images, labels)["fid"], nfe
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--samples", type=int, default=1000)
-    ap.add_argument("--quality-samples", type=int, default=500)
-    ap.add_argument("--batch", type=int, default=500)
-    ap.add_argument("--cache", default=".cache/cfglab")
-    args = ap.parse_args()
-    t_start = time.perf_counter()
-    dm, module = load_module(args.ckpt)
-    fast = DPMSolverPP2M(steps=20)
-    report = {}
-
-    # 1. sampling settings on identical work
+def part_settings(module, fast, report):
     labels = balanced_labels(100, module.num_classes)
     settings = {}
     print(f"{'setting (100 samples, w=1, DPM++ 20)':<40}{'s':>8}{'vs fp32 2 passes':>18}")
@@ -73,11 +66,12 @@ def main():
             base = settings[("32-true", False)]
             print(f"{precision + (', batched 2B' if batched else ', 2 passes'):<40}{sec:>8.2f}{sec / base:>17.2f}x")
     precision, batched = min(settings, key=settings.get)
-    module.sample_precision, module.batched_guidance = precision, batched
     report["settings"] = {f"{p}/{'batched' if b else 'two_passes'}": s for (p, b), s in settings.items()}
-    report["chosen"] = {"sample_precision": precision, "batched_guidance": batched}
+    return precision, batched
 
-    # 2. the full sweep, end to end, and the paper-regime baseline on the same work
+
+def part_sweep(module, dm, fast, args, report):
+    precision, batched = module.sample_precision, module.batched_guidance
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache)
@@ -85,7 +79,8 @@ def main():
         sweep_s = time.perf_counter() - t0
     module.sample_precision, module.batched_guidance = "32-true", False
     baseline_n = 50
-    _, paper_s = timed(lambda: generate(module, labels[:baseline_n], Paper(steps=256), CFG(w=1.0), baseline_n, seed=0))
+    labels = balanced_labels(baseline_n, module.num_classes)
+    _, paper_s = timed(lambda: generate(module, labels, Paper(steps=256), CFG(w=1.0), baseline_n, seed=0))
     paper_sweep_s = paper_s / baseline_n * args.samples * len(WS)
     module.sample_precision, module.batched_guidance = precision, batched
     print(f"\nfull sweep: {len(WS)} points x {args.samples} samples, DPM++ 20, {precision}, "
@@ -100,25 +95,66 @@ def main():
     report.update(sweep_seconds=sweep_s, paper_regime_seconds=paper_sweep_s,
                   points=[{k: p[k] for k in ("w", "fid", "is", "precision", "recall", "nfe", "seconds")} for p in points])
 
-    # 3. quality at equal sample count
-    n = args.quality_samples
-    (fid_fast, nfe_fast), s_fast = timed(lambda: fid_of(module, metrics, fast, CFG(w=1.0), n, args.batch))
-    (fid_anc, nfe_anc), s_anc = timed(lambda: fid_of(module, metrics, DDPM(steps=250), CFG(w=1.0), n, args.batch))
+
+def part_solver(module, metrics, fast, args, report):
+    n, fid = args.quality_samples, lambda sampler: fid_of(module, metrics, sampler, CFG(w=1.0), n, args.batch, args.seed)
+    (fid_fast, nfe_fast), s_fast = timed(lambda: fid(fast))
+    (fid_anc, nfe_anc), s_anc = timed(lambda: fid(DDPM(steps=250)))
     print(f"\nw=1, {n} samples: DPM++ 20 FID {fid_fast:.2f} ({nfe_fast:.0f} NFE, {s_fast:.0f} s); "
           f"DDPM 250 FID {fid_anc:.2f} ({nfe_anc:.0f} NFE, {s_anc:.0f} s); ratio {fid_fast / fid_anc:.3f} (target <= 1.10)")
     report["solver_vs_ancestral"] = {"samples": n, "w": 1.0, "fid_dpmpp20": fid_fast, "fid_ddpm250": fid_anc,
                                      "nfe_dpmpp20": nfe_fast, "nfe_ddpm250": nfe_anc}
+
+
+def part_interval(module, metrics, fast, args, report):
+    n, ws = args.quality_samples, args.quality_ws
     rows = {"cfg": CFG()} | {f"interval ({lo:g}, {hi:g}]": GuidanceInterval(sigma_lo=lo, sigma_hi=hi)
                              for lo, hi in INTERVALS}
-    print(f"\n{'guidance':<22}" + "".join(f"{'w=' + format(w, 'g'):>9}" for w in WS) + f"{'best':>9}{'NFE/step':>10}")
-    report["interval"] = {}
+    unguided, _ = fid_of(module, metrics, fast, CFG(), n, args.batch, args.seed)
+    print(f"\n{n} samples per cell, DPM++ 20; unguided (w=0) FID {unguided:.2f}")
+    print(f"{'guidance':<22}" + "".join(f"{'w=' + format(w, 'g'):>9}" for w in ws)
+          + f"{'best':>9}{'NFE/step':>10}{'s/cell':>8}")
+    report["interval"] = {"samples": n, "unguided_fid": unguided}
     for name, g in rows.items():
-        fids, nfes = zip(*(fid_of(module, metrics, fast, dataclasses.replace(g, w=w), n, args.batch) for w in WS))
+        (fids, nfes), sec = timed(lambda: zip(*(fid_of(module, metrics, fast, dataclasses.replace(g, w=w), n,
+                                                       args.batch, args.seed) for w in ws)))
         guided_nfe = max(nfes) / fast.steps
-        report["interval"][name] = {"fid": dict(zip(WS, fids)), "best_fid": min(fids), "nfe_per_step": guided_nfe}
-        print(f"{name:<22}" + "".join(f"{f:>9.2f}" for f in fids) + f"{min(fids):>9.2f}{guided_nfe:>10.2f}")
+        report["interval"][name] = {"fid": dict(zip(ws, fids)), "best_fid": min(fids), "nfe_per_step": guided_nfe,
+                                    "seconds_per_cell": sec / len(ws)}
+        print(f"{name:<22}" + "".join(f"{f:>9.2f}" for f in fids)
+              + f"{min(fids):>9.2f}{guided_nfe:>10.2f}{sec / len(ws):>8.1f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
+    ap.add_argument("--samples", type=int, default=1000, help="per sweep point")
+    ap.add_argument("--quality-samples", type=int, default=500, help="per solver / interval cell")
+    ap.add_argument("--quality-ws", type=float, nargs="+", default=QUALITY_WS)
+    ap.add_argument("--seed", type=int, default=1, help="of the solver / interval samples")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--cache", default=".cache/cfglab")
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    dm, module = load_module(args.ckpt)
+    fast = DPMSolverPP2M(steps=20)
+    report = {}
+    # bf16 autocast with two forwards: the fastest setting on this CPU when `settings` does not run
+    precision, batched = part_settings(module, fast, report) if "settings" in args.parts else ("bf16-mixed", False)
+    module.sample_precision, module.batched_guidance = precision, batched
+    report["chosen"] = {"sample_precision": precision, "batched_guidance": batched}
+    if "sweep" in args.parts:
+        part_sweep(module, dm, fast, args, report)
+    if {"solver", "interval"} & set(args.parts):
+        metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache)
+        if "solver" in args.parts:
+            part_solver(module, metrics, fast, args, report)
+        if "interval" in args.parts:
+            part_interval(module, metrics, fast, args, report)
     info = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "ckpt": args.ckpt, "total_seconds": time.perf_counter() - t_start}
+            "torch": torch.__version__, "ckpt": args.ckpt, "parts": args.parts,
+            "total_seconds": time.perf_counter() - t_start}
     print(json.dumps({"benchmark": "sweep_cost", **info, **report}))
 
 

@@ -5,8 +5,8 @@
 Every row runs the same training step as CFGDiffusion.training_step (label dropout, stratified t, noise, the
 network, MSE) plus AdamW, gradient clipping and the EMA update, on one in-memory batch per step. The first row of
 each model (fp32, contiguous, per-parameter EMA, batches through a DataLoader) is the baseline; every other row is
-a ratio against it, measured in the same run. `--models unet_mnist_cpu unet` adds the 7 M-parameter model
-(about 10 more minutes). FLOPs per image come from torch.utils.flop_counter (a forward at
+a ratio against it, measured in the same run. `--models mnist_study unet_mnist_cpu unet` adds the 1.1 M- and
+7 M-parameter models (about 3 and 10 more minutes). FLOPs per image come from torch.utils.flop_counter (a forward at
 batch 1); a training step is counted as 3 forwards (forward + backward), as is usual. Prints a table and a JSON line.
 """
 
@@ -27,7 +27,8 @@ from cfglab.lightning.ema import EMAUpdate
 from cfglab.lightning.module import CFGDiffusion, drop_labels
 from cfglab.models.unet import UNet
 
-MODELS = {  # the configs in conf/model/
+MODELS = {  # the configs in conf/model/; mnist_study is unet_mnist_cpu at 24 channels (conf/experiment/mnist_study)
+    "mnist_study": dict(base_channels=24, channel_mult=(1, 2, 2), num_res_blocks=1),
     "unet_mnist_cpu": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1),
     "unet": dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels=(2,), dropout=0.1),
 }
@@ -102,7 +103,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--models", nargs="+", default=["unet_mnist_cpu"], choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=["mnist_study"], choices=list(MODELS))
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (about 30 s to compile)")
     args = ap.parse_args()
     n = args.batch * 40

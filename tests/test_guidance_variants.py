@@ -1,9 +1,12 @@
 """Each guidance method's defining property, on a toy net whose output depends on the label."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from cfglab.diffusion.guidance import (APG, CFG, Autoguidance, CFGPlusPlus, CFGRescale, DynamicThreshold,
                                        GuidanceInterval, GuidedDenoiser, ScheduledCFG)
@@ -45,6 +48,17 @@ def test_interval_counts_network_evaluations_over_a_sampling_run():
     DDIM(steps=20)(den, SCHEDULE, torch.randn(4, 3), torch.arange(4), None)
     inside = sum(0.5 < edm_sigma(1 - i / 20) <= 2.0 for i in range(20))
     assert 0 < inside < 20 and den.nfe == 20 + inside
+
+
+def test_high_noise_interval_config_guides_the_first_five_of_twenty_steps():
+    g = instantiate(OmegaConf.load(Path(__file__).parents[1] / "conf/guidance/interval_high.yaml"), w=1.0)
+    assert g.sigma_hi == math.inf
+    den = GuidedDenoiser(Recorder(), SCHEDULE, g, null_label=10)
+    nets = []
+    DPMSolverPP2M(steps=20)(den, SCHEDULE, torch.randn(4, 3), torch.arange(4), None,
+                            callback=lambda i: nets.append(den.nfe))
+    guided = [i for i in range(20) if nets[i] - (nets[i - 1] if i else 0) == 2]
+    assert guided == [0, 1, 2, 3, 4] and den.nfe / 20 == 1.25
 
 
 def test_rescale_phi_zero_is_cfg():

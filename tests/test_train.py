@@ -40,6 +40,8 @@ def test_short_run_writes_grids_checkpoint_and_logs(tmp_path):
     assert any(r.get("train/loss") for r in rows)
     _, module = load_module(tmp_path / "checkpoints" / "last.ckpt")
     assert module.p_uncond == 0.1 and module.num_classes == 10
+    # the final step, not the last periodic save (step 10)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
     assert (tmp_path / "sweep.csv").is_file() and (tmp_path / "tradeoff.png").is_file()
 
 

@@ -51,7 +51,7 @@ def collect(multirun_dir: str | Path) -> tuple[list[str], list[dict]]:
 
 
 def run_name(row: dict, varying: Sequence[str]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in varying) or "run"
+    return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in varying if row[k] != "") or "run"
 
 
 def markdown(varying: Sequence[str], rows: Sequence[dict], metrics: Sequence[str]) -> str:

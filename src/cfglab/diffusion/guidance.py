@@ -78,7 +78,8 @@ class CFG:
 class GuidanceInterval(CFG):
     """Guidance only for noise levels sigma_lo < sigma <= sigma_hi (Kynkäänniemi et al. 2024), sigma in EDM's
     units sigma = sigma_t / alpha_t = exp(-lambda / 2). Outside the interval the step is unguided and the
-    unconditional forward is skipped. Their ImageNet-512 EDM2 interval is (0.28, 5.42]."""
+    unconditional forward is skipped. Their ImageNet-512 EDM2 interval is (0.28, 5.42]; sigma_hi = inf guides
+    only the high-noise steps, where a small model's class is decided (conf/guidance/interval_high.yaml)."""
 
     sigma_lo: float = 0.28
     sigma_hi: float = 5.42

@@ -1,0 +1,55 @@
+"""The benchmark scripts run end to end at tiny sizes and report what BENCHMARKS.md quotes (not their timings)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def run_json(args, env, timeout=600):
+    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sweep_cost_and_sampling_benchmarks_on_a_small_checkpoint(tmp_path):
+    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")}
+    subprocess.run([sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_steps=30",
+                    "~callbacks.sweep", "grids.ws=[0]", "grids.per_class=1", "sampler.steps=2",
+                    "trainer.enable_progress_bar=false"], check=True, capture_output=True, cwd=ROOT, env=env, timeout=600)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    report = run_json(["benchmarks/sweep_cost.py", "--ckpt", ckpt, "--parts", "interval", "--quality-samples", 20,
+                       "--quality-ws", 0.5, 1, "--batch", 20, "--cache", tmp_path / "cache"], env)
+    interval = report["interval"]
+    assert report["parts"] == ["interval"] and interval["samples"] == 20
+    # guided steps of 20 under the cosine schedule: all, 14, 6 and 5
+    nfe = {name: row["nfe_per_step"] for name, row in interval.items() if isinstance(row, dict)}
+    assert nfe == {"cfg": 2.0, "interval (0.28, 5.42]": 1.7, "interval (2, inf]": 1.3, "interval (3, inf]": 1.25}
+    for row in (r for r in interval.values() if isinstance(r, dict)):
+        assert list(row["fid"]) == ["0.5", "1.0"] and row["best_fid"] == min(row["fid"].values()) > 0
+
+    rows = run_json(["benchmarks/sampling.py", "--ckpt", ckpt, "--samples", 4], env)["rows"]
+    per_step = {(r["sampler"], r["guidance"]): r["nfe_per_step"] for r in rows}
+    dpm = "DPMSolverPP2M(steps=20)"
+    assert per_step[(dpm, "cfg, 2 passes (baseline)")] == per_step[(dpm, "cfg, batched 2B")] == 2.0
+    assert per_step[(dpm, "unguided (w=0)")] == 1.0 and per_step[(dpm, "interval (0.28, 5.42]")] == 1.7
+    assert all(r["time_vs_baseline"] > 0 for r in rows)
+
+
+def test_train_throughput_benchmark_reports_flops_and_ratios(tmp_path):
+    report = run_json(["benchmarks/train_throughput.py", "--steps", 2, "--warmup", 1, "--batch", 8],
+                      {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")})
+    rows = report["rows"]
+    assert rows[0]["vs_baseline"] == 1.0 and len({r["variant"] for r in rows}) == len(rows) >= 5
+    # the mnist_study model: 0.64 M parameters, 0.210 GFLOP per image forward (BENCHMARKS.md)
+    assert rows[0]["model"] == "mnist_study" and rows[0]["params"] == 644_209
+    assert rows[0]["gflop_per_image_forward"] == pytest.approx(0.2104, abs=1e-3)
+    assert all(r["achieved_gflop_per_s"] == pytest.approx(3 * r["gflop_per_image_forward"] * r["images_per_s"])
+               for r in rows)
