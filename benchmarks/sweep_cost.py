@@ -1,18 +1,20 @@
 """What a guidance sweep costs, and what the fast settings give up in quality, on a trained checkpoint.
 
     python benchmarks/sweep_cost.py --ckpt outputs/.../checkpoints/last.ckpt [--parts settings sweep solver interval]
+                                    [--device cuda] [--batch 500]
 
 Parts (all by default; minutes on the 2-core CPU of BENCHMARKS.md at the default sizes):
   settings  (1)   sampling settings, timed on the same 100 guided samples (w = 1): fp32 and bf16 autocast, one
-                  batched 2B forward or two B forwards; the fastest is used by the other parts.
+                  batched 2B forward or two B forwards; the fastest is used by the other parts (without this
+                  part they use the checkpoint's own `sample_precision` and `batched_guidance`).
   sweep     (9)   the full sweep, end to end: 7 guidance strengths x `--samples` samples, DPM-Solver++(2M)
                   20 steps, domain FID / IS / KID / precision / recall (feature extractor and reference statistics
                   included). Baseline: the paper's sampler (256 ancestral steps, cond and uncond as two fp32
                   forwards), timed on 50 samples and scaled to the same sweep.
   solver    (7)   domain FID of the 20-step solver against 250-step ancestral sampling (DDPM) at w = 1, same
                   `--quality-samples` labels and seeds.
-  interval  (12)  guidance intervals against plain CFG over the `--quality-ws` grid: FID per w, best FID and
-                  network evaluations per step, same labels and seeds in every cell.
+  interval  (12)  guidance intervals (`--intervals LO,HI ...`) against plain CFG over the `--quality-ws` grid: FID
+                  per w, best FID and network evaluations per step, same labels and seeds in every cell.
 Prints tables and one JSON line.
 """
 
@@ -22,12 +24,12 @@ import argparse
 import dataclasses
 import json
 import math
-import platform
 import tempfile
 import time
 
 import torch
 
+from device import add_device_argument, describe
 from cfglab.checkpoints import load_module
 from cfglab.diffusion.guidance import CFG, GuidanceInterval
 from cfglab.diffusion.samplers import DDPM, DPMSolverPP2M, Paper
@@ -39,6 +41,13 @@ PARTS = ["settings", "sweep", "solver", "interval"]
 QUALITY_WS = [0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
 # EDM sigma ranges: Kynkaenniemi et al.'s ImageNet-512 interval, and high noise only (conf/guidance/interval_high)
 INTERVALS = [(0.28, 5.42), (2.0, math.inf), (3.0, math.inf)]
+
+
+def sigma_interval(text: str) -> tuple[float, float]:
+    """'LO,HI' -> (lo, hi), checked as GuidanceInterval checks it (argparse reports the ValueError)."""
+    lo, hi = map(float, text.split(","))
+    GuidanceInterval(sigma_lo=lo, sigma_hi=hi)
+    return lo, hi
 
 
 def timed(fn):
@@ -74,7 +83,7 @@ def part_sweep(module, dm, fast, args, report):
     precision, batched = module.sample_precision, module.batched_guidance
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache)
+        metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache, device=args.device)
         points = run_points(module, WS, fast, CFG(), metrics, SweepRecord(tmp), args.samples, args.batch, seed=0)
         sweep_s = time.perf_counter() - t0
     module.sample_precision, module.batched_guidance = "32-true", False
@@ -109,7 +118,7 @@ def part_solver(module, metrics, fast, args, report):
 def part_interval(module, metrics, fast, args, report):
     n, ws = args.quality_samples, args.quality_ws
     rows = {"cfg": CFG()} | {f"interval ({lo:g}, {hi:g}]": GuidanceInterval(sigma_lo=lo, sigma_hi=hi)
-                             for lo, hi in INTERVALS}
+                             for lo, hi in args.intervals}
     unguided, _ = fid_of(module, metrics, fast, CFG(), n, args.batch, args.seed)
     print(f"\n{n} samples per cell, DPM++ 20; unguided (w=0) FID {unguided:.2f}")
     print(f"{'guidance':<22}" + "".join(f"{'w=' + format(w, 'g'):>9}" for w in ws)
@@ -133,27 +142,30 @@ def main():
     ap.add_argument("--quality-samples", type=int, default=500, help="per solver / interval cell")
     ap.add_argument("--quality-ws", type=float, nargs="+", default=QUALITY_WS)
     ap.add_argument("--seed", type=int, default=1, help="of the solver / interval samples")
+    ap.add_argument("--intervals", nargs="+", type=sigma_interval, default=INTERVALS, metavar="LO,HI",
+                    help="EDM sigma intervals to compare with plain CFG (hi may be inf)")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--cache", default=".cache/cfglab")
+    add_device_argument(ap)
     args = ap.parse_args()
     t_start = time.perf_counter()
     dm, module = load_module(args.ckpt)
+    module.to(args.device)
     fast = DPMSolverPP2M(steps=20)
     report = {}
-    # bf16 autocast with two forwards: the fastest setting on this CPU when `settings` does not run
-    precision, batched = part_settings(module, fast, report) if "settings" in args.parts else ("bf16-mixed", False)
-    module.sample_precision, module.batched_guidance = precision, batched
+    if "settings" in args.parts:  # else the checkpoint's own settings (module.sample_precision, batched_guidance)
+        module.sample_precision, module.batched_guidance = part_settings(module, fast, report)
+    precision, batched = module.sample_precision, module.batched_guidance
     report["chosen"] = {"sample_precision": precision, "batched_guidance": batched}
     if "sweep" in args.parts:
         part_sweep(module, dm, fast, args, report)
     if {"solver", "interval"} & set(args.parts):
-        metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache)
+        metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache, device=args.device)
         if "solver" in args.parts:
             part_solver(module, metrics, fast, args, report)
         if "interval" in args.parts:
             part_interval(module, metrics, fast, args, report)
-    info = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "ckpt": args.ckpt, "parts": args.parts,
+    info = {**describe(args.device), "ckpt": args.ckpt, "parts": args.parts, "batch": args.batch,
             "total_seconds": time.perf_counter() - t_start}
     print(json.dumps({"benchmark": "sweep_cost", **info, **report}))
 

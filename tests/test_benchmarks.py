@@ -40,6 +40,7 @@ def test_sweep_cost_and_sampling_benchmarks_on_a_small_checkpoint(tmp_path):
     dpm = "DPMSolverPP2M(steps=20)"
     assert per_step[(dpm, "cfg, 2 passes (baseline)")] == per_step[(dpm, "cfg, batched 2B")] == 2.0
     assert per_step[(dpm, "unguided (w=0)")] == 1.0 and per_step[(dpm, "interval (0.28, 5.42]")] == 1.7
+    assert per_step[(dpm, "interval, t read back")] == 1.7  # the same guidance, t read from the device
     assert all(r["time_vs_baseline"] > 0 for r in rows)
 
 
@@ -47,9 +48,17 @@ def test_train_throughput_benchmark_reports_flops_and_ratios(tmp_path):
     report = run_json(["benchmarks/train_throughput.py", "--steps", 2, "--warmup", 1, "--batch", 8],
                       {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")})
     rows = report["rows"]
+    assert report["device"] == "cpu" and report["batch"] == 8
     assert rows[0]["vs_baseline"] == 1.0 and len({r["variant"] for r in rows}) == len(rows) >= 5
     # the mnist_study model: 0.64 M parameters, 0.210 GFLOP per image forward (BENCHMARKS.md)
     assert rows[0]["model"] == "mnist_study" and rows[0]["params"] == 644_209
     assert rows[0]["gflop_per_image_forward"] == pytest.approx(0.2104, abs=1e-3)
     assert all(r["achieved_gflop_per_s"] == pytest.approx(3 * r["gflop_per_image_forward"] * r["images_per_s"])
                for r in rows)
+
+
+@pytest.mark.parametrize("bad", ["3,1", "1.5", "a,b"])
+def test_sweep_cost_refuses_a_bad_interval_before_loading_anything(bad):
+    proc = subprocess.run([sys.executable, "benchmarks/sweep_cost.py", "--ckpt", "missing.ckpt", "--intervals", bad],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and f"invalid sigma_interval value: '{bad}'" in proc.stderr

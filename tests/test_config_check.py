@@ -81,7 +81,8 @@ def test_bad_train_config_is_refused_naming_key_and_value(overrides, expected, t
 
 @pytest.mark.parametrize("overrides", [
     [], ["data=gmm", "model=mlp", "metrics=exact", "module.clip_x0=null"],
-    ["guidance=cfgpp", "callbacks.sweep.ws=[0,0.5,1]", "grids.ws=[0,1]"], ["sampler=paper", "schedule=paper"], ["guidance=interval_high"],
+    ["guidance=cfgpp", "callbacks.sweep.ws=[0,0.5,1]", "grids.ws=[0,1]"], ["sampler=paper", "schedule=paper"],
+    ["guidance=interval_high"], ["guidance=interval_narrow"],
     ["strategy=ddp", "trainer.devices=2"], ["logger=none", "~callbacks.sweep"],
 ])
 def test_good_train_configs_pass(overrides, tmp_path):

@@ -50,15 +50,43 @@ def test_interval_counts_network_evaluations_over_a_sampling_run():
     assert 0 < inside < 20 and den.nfe == 20 + inside
 
 
-def test_high_noise_interval_config_guides_the_first_five_of_twenty_steps():
-    g = instantiate(OmegaConf.load(Path(__file__).parents[1] / "conf/guidance/interval_high.yaml"), w=1.0)
-    assert g.sigma_hi == math.inf
+@pytest.mark.parametrize("name, steps", [("interval_high", [0, 1, 2, 3, 4]), ("interval_narrow", [3, 4, 5, 6, 7])])
+def test_short_interval_configs_guide_five_of_twenty_steps(name, steps):
+    g = instantiate(OmegaConf.load(Path(__file__).parents[1] / f"conf/guidance/{name}.yaml"), w=1.0)
     den = GuidedDenoiser(Recorder(), SCHEDULE, g, null_label=10)
     nets = []
     DPMSolverPP2M(steps=20)(den, SCHEDULE, torch.randn(4, 3), torch.arange(4), None,
                             callback=lambda i: nets.append(den.nfe))
     guided = [i for i in range(20) if nets[i] - (nets[i - 1] if i else 0) == 2]
-    assert guided == [0, 1, 2, 3, 4] and den.nfe / 20 == 1.25
+    assert guided == steps and den.nfe / 20 == 1.25
+
+
+def test_samplers_hand_the_step_time_to_the_denoiser_as_a_float():
+    """Time-dependent guidance takes t from the sampler's float (no read of t from the device), with the same
+    samples as when it reads t itself."""
+    g = GuidanceInterval(w=2.0, sigma_lo=0.5, sigma_hi=2.0)
+    den = GuidedDenoiser(Recorder(), SCHEDULE, g, null_label=10)
+    seen = []
+
+    class Watched(GuidedDenoiser):
+        def __call__(self, x, t, labels, t_host=None):
+            seen.append((t_host, float(t[0])))
+            return super().__call__(x, t, labels, t_host)
+
+    watched = Watched(Recorder(), SCHEDULE, g, null_label=10)
+    x, y = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)), torch.arange(4)
+    host = DPMSolverPP2M(steps=10)(watched, SCHEDULE, x, y)
+    read_back = DPMSolverPP2M(steps=10)(lambda x, t, labels: den(x, t, labels), SCHEDULE, x, y)
+    assert [h for h, _ in seen] == pytest.approx([1 - i / 10 for i in range(10)], abs=1e-12)
+    assert all(h == pytest.approx(d, abs=1e-6) for h, d in seen)
+    torch.testing.assert_close(host, read_back, rtol=0, atol=0)
+    assert watched.nfe == den.nfe and 10 < den.nfe < 20
+    # t_host decides the strength: the same (x, t) outside the interval is guided when t_host lies inside it
+    t_out, t_in = 0.05, 0.5
+    xx = torch.randn(6, 3)
+    outside = GuidedDenoiser(Recorder(), SCHEDULE, g, null_label=10)
+    outside(xx, torch.full((6,), t_out), torch.arange(6), t_host=t_in)
+    assert outside.nfe == 2
 
 
 def test_rescale_phi_zero_is_cfg():

@@ -32,7 +32,8 @@ ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """A network: (x_t of shape (B, ...), t of shape (B,) in [0, 1], labels of shape (B,) int64) -> output like x_t."""
 
 Denoiser = Callable[[Tensor, Tensor, Optional[Tensor]], Prediction]
-"""What samplers call: (x_t (B, ...), t (B,), labels (B,) or None) -> Prediction(x0, eps)."""
+"""What samplers call: (x_t (B, ...), t (B,), labels (B,) or None) -> Prediction(x0, eps). A denoiser whose
+`takes_host_time` is true also gets the keyword `t_host`, the same time as a float (samplers.denoise)."""
 
 
 def guide(cond: Tensor, uncond: Tensor, w: float | Tensor) -> Tensor:
@@ -270,26 +271,31 @@ class GuidedDenoiser:
             out = model(x, t, labels)
         return to_prediction(out.float(), x, alpha, sigma, self.target)
 
-    def __call__(self, x: Tensor, t: Tensor, labels: Optional[Tensor]) -> Prediction:
+    takes_host_time = True  # samplers also pass t as a float (samplers.denoise)
+
+    def __call__(self, x: Tensor, t: Tensor, labels: Optional[Tensor], t_host: Optional[float] = None) -> Prediction:
+        """t: (B,) on x's device, all equal (samplers step all samples together); t_host: the same time as a
+        float, which spares time-dependent guidance a read of t from the device."""
         alpha, sigma = self.schedule.alpha_sigma(t)  # once per step, shared by prediction, guidance and clipping
-        pred = self._guided(x, t, labels, alpha, sigma)
+        pred = self._guided(x, t, labels, alpha, sigma, t_host)
         if self.clip_x0 is None:
             return pred
         x0 = pred.x0.clamp(-self.clip_x0, self.clip_x0)
         return Prediction(x0, pred.eps + broadcast(alpha / sigma, x) * (pred.x0 - x0))
 
-    def _strength(self, t: Tensor) -> float:
+    def _strength(self, t: Tensor, t_host: Optional[float]) -> float:
         if type(self.guidance).strength is CFG.strength:
-            return self.guidance.w  # constant in time: t is not read back from the device (no sync per step)
-        t0 = float(t[0])  # one noise level for the whole batch: samplers step all samples together
+            return self.guidance.w  # constant in time: t is not needed
+        t0 = float(t[0]) if t_host is None else t_host  # float(t[0]) waits for the device: callers should pass t_host
         return self.guidance.strength(t0, float(self.schedule.log_snr(torch.tensor(t0, dtype=torch.float64))))
 
-    def _guided(self, x: Tensor, t: Tensor, labels: Optional[Tensor], alpha: Tensor, sigma: Tensor) -> Prediction:
+    def _guided(self, x: Tensor, t: Tensor, labels: Optional[Tensor], alpha: Tensor, sigma: Tensor,
+                t_host: Optional[float]) -> Prediction:
         null = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
         if labels is None:
             self.nfe += 1
             return self._predict(self.model, x, t, null, alpha, sigma)
-        w = self._strength(t)
+        w = self._strength(t, t_host)
         if not self.guidance.needs_uncond(w):
             self.nfe += 1
             return self._predict(self.model, x, t, labels, alpha, sigma)

@@ -23,7 +23,7 @@ from torch import Tensor
 from cfglab.diffusion.guidance import Denoiser
 from cfglab.diffusion.schedules import Schedule
 
-__all__ = ["Sampler", "DDIM", "DDPM", "Paper", "DPMSolverPP2M", "time_grid"]
+__all__ = ["Sampler", "DDIM", "DDPM", "Paper", "DPMSolverPP2M", "time_grid", "denoise"]
 
 
 def time_grid(steps: int) -> Tensor:
@@ -31,6 +31,16 @@ def time_grid(steps: int) -> Tensor:
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps={steps} must be an integer >= 1")
     return torch.linspace(1.0, 0.0, int(steps) + 1, dtype=torch.float64)
+
+
+def denoise(denoiser: Denoiser, x: Tensor, t: float, labels: Optional[Tensor]):
+    """One denoiser call at time t for the whole batch: t goes to the device as a (B,) tensor, and also as a float
+    to denoisers that declare `takes_host_time` (GuidedDenoiser), so time-dependent guidance (intervals,
+    schedules) never reads t back from the device: no host synchronisation per step."""
+    t_dev = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+    if getattr(denoiser, "takes_host_time", False):
+        return denoiser(x, t_dev, labels, t_host=t)
+    return denoiser(x, t_dev, labels)
 
 
 class Sampler:
@@ -76,8 +86,7 @@ class _Ancestral(Sampler):
         c_eps, std = self._coefficients(sigma2[1:], post_var, fwd_var)
         alpha_s = alpha2[1:].sqrt()
         for i in range(self.steps):
-            t = torch.full((x.shape[0],), float(ts[i]), dtype=x.dtype, device=x.device)
-            pred = denoiser(x, t, labels)
+            pred = denoise(denoiser, x, float(ts[i]), labels)
             x = float(alpha_s[i]) * pred.x0 + float(c_eps[i]) * pred.eps
             if std[i] > 0 and i < self.steps - 1:  # no noise is added on the final step to t = 0
                 x = x + float(std[i]) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -144,8 +153,7 @@ class DPMSolverPP2M(Sampler):
         h = (lam[1:] - lam[:-1]) / 2
         x0_prev = None
         for i in range(self.steps):
-            t = torch.full((x.shape[0],), float(ts[i]), dtype=x.dtype, device=x.device)
-            x0 = denoiser(x, t, labels).x0
+            x0 = denoise(denoiser, x, float(ts[i]), labels).x0
             if x0_prev is None or i == self.steps - 1:
                 d = x0
             else:
