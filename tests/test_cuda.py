@@ -9,7 +9,7 @@ import torch
 
 from cfglab.checkpoints import load_module
 from cfglab.diffusion.guidance import CFG, GuidanceInterval, GuidedDenoiser, ScheduledCFG
-from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M
+from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M, time_grid
 from cfglab.diffusion.schedules import Cosine
 from cfglab.models.unet import UNet
 from conftest import ROOT
@@ -56,8 +56,7 @@ def test_gpu_samples_match_cpu_samples(monkeypatch):
 
 
 def sigmas(steps):
-    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[:-1]
-    return torch.exp(-Cosine().log_snr(t) / 2).tolist()
+    return torch.exp(-Cosine().log_snr(time_grid(steps)[:-1]) / 2).tolist()
 
 
 def test_train_py_on_the_gpu_trains_sweeps_and_checkpoints(tmp_path):
