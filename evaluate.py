@@ -1,9 +1,12 @@
-"""Guidance sweep on a checkpoint: python evaluate.py ckpt_path=... sweep.w='[0,0.5,1,2,4]' [sampler=... metrics=...]."""
+"""Guidance sweep on a checkpoint: python evaluate.py ckpt_path=... sweep.ws='[0,0.5,1,2,4]' [sampler=... metrics=...]."""
+
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from cfglab.config_checks import check_overrides
 from cfglab.evaluate import evaluate
 
 
@@ -13,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:], "evaluate")
     main()

@@ -6,6 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from cfglab.config_checks import check_overrides
 from cfglab.train import train
 
 
@@ -18,4 +19,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:], "train")
     main()

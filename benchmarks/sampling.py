@@ -4,15 +4,13 @@
 
 Without --ckpt a digits model is trained first (the default `python train.py` model, fewer steps). The
 baseline row of each sampler is plain CFG with cond+uncond as two separate forward passes; every other row
-is reported as a time ratio against it, measured in the same run. The row "interval, t read back" calls the
-denoiser as a plain callable, so the guidance reads t from the device at every step (a host synchronisation, which
-samplers avoid by handing GuidedDenoiser the time as a float). Prints a table and one JSON line.
+is reported as a time ratio against it, measured in the same run. Samples go through
+cfglab.diffusion.sampling.sample, as in every sweep. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
@@ -22,13 +20,13 @@ from device import add_device_argument, describe, sync
 from cfglab.diffusion.guidance import (APG, CFG, CFGPlusPlus, CFGRescale, DynamicThreshold, GuidanceInterval,
                                        ScheduledCFG)
 from cfglab.diffusion.samplers import DDIM, DDPM, DPMSolverPP2M, Paper
+from cfglab.diffusion.sampling import SamplingSettings, sample
 
 W = 3.0
 VARIANTS = [  # (name, guidance, batched 2B forward)
     ("cfg, 2 passes (baseline)", CFG(w=W), False),
     ("cfg, batched 2B", CFG(w=W), True),
     ("interval (0.28, 5.42]", GuidanceInterval(w=W), True),
-    ("interval, t read back", GuidanceInterval(w=W), True),
     ("rescale phi=0.7", CFGRescale(w=W), True),
     ("dynamic threshold", DynamicThreshold(w=W), True),
     ("linear w schedule", ScheduledCFG(w=W, shape="linear"), True),
@@ -43,13 +41,14 @@ def trained_module(ckpt: str | None, steps: int, device: str):
     if ckpt:
         from cfglab.checkpoints import load_module
 
-        return load_module(ckpt)[1].to(device)
+        dm, module = load_module(ckpt)
+        return dm, module.to(device)
     import lightning as L
     from hydra import compose, initialize_config_dir
     from pathlib import Path
 
     from cfglab.lightning.ema import EMA
-    from cfglab.train import build
+    from cfglab.build import build
 
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["~callbacks", "~logger"])
@@ -58,19 +57,19 @@ def trained_module(ckpt: str | None, steps: int, device: str):
     L.Trainer(max_steps=steps, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, logger=False,
               enable_checkpointing=False, callbacks=[EMA(decay=0.995)], enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(module, datamodule=dm)
-    return module.to(device).eval()
+    return dm, module.to(device).eval()
 
 
-def measure(module, sampler, guidance, batched: bool, n: int, host_time: bool = True) -> tuple[float, float]:
+def measure(module, data_range, sampler, guidance, batched: bool, n: int) -> tuple[float, float]:
     """Network evaluations per sample and seconds per 1,000 samples."""
-    labels = torch.arange(n) % module.num_classes
-    den = module.denoiser(guidance, batched)
-    call = den if host_time else lambda x, t, y: den(x, t, y)
+    labels = (torch.arange(n) % module.num_classes).to(module.device)
+    settings = SamplingSettings(batched=batched).resolve(module.device, data_range)
     sync(module.device)
     t0 = time.perf_counter()
-    module.sample(labels, sampler, guidance, torch.Generator(device=module.device).manual_seed(0), denoiser=call)
+    _, nfe = sample(sampler=sampler, guidance=guidance, labels=labels, **module.sampling_args(), **settings,
+                    generator=torch.Generator(device=module.device).manual_seed(0))
     sync(module.device)
-    return den.nfe, (time.perf_counter() - t0) * 1000 / n
+    return nfe, (time.perf_counter() - t0) * 1000 / n
 
 
 def main():
@@ -81,7 +80,7 @@ def main():
     add_device_argument(ap)
     args = ap.parse_args()
     torch.manual_seed(0)
-    module = trained_module(args.ckpt, args.train_steps, args.device)
+    dm, module = trained_module(args.ckpt, args.train_steps, args.device)
     rows = []
     print(f"{'sampler':<28}{'guidance':<28}{'NFE/sample':>11}{'NFE/step':>9}{'s/1k samples':>14}{'vs baseline':>12}")
     for sampler in SAMPLERS:
@@ -89,9 +88,8 @@ def main():
         for name, guidance, batched in VARIANTS:
             if getattr(guidance, "renoise_with_uncond", False) and not sampler.uses_eps:
                 continue
-            host_time = "read back" not in name
-            measure(module, sampler, dataclasses.replace(guidance), batched, 10, host_time)  # warm-up
-            nfe, sec = measure(module, sampler, guidance, batched, args.samples, host_time)
+            measure(module, dm.data_range, sampler, guidance, batched, 10)  # warm-up
+            nfe, sec = measure(module, dm.data_range, sampler, guidance, batched, args.samples)
             base = sec if base is None else base
             row = {"sampler": repr(sampler), "guidance": name, "nfe_per_sample": nfe, "nfe_per_step": nfe / sampler.steps,
                    "seconds_per_1k": sec, "time_vs_baseline": sec / base}

@@ -6,7 +6,7 @@
 Parts (all by default; minutes on the 2-core CPU of BENCHMARKS.md at the default sizes):
   settings  (1)   sampling settings, timed on the same 100 guided samples (w = 1): fp32 and bf16 autocast, one
                   batched 2B forward or two B forwards; the fastest is used by the other parts (without this
-                  part they use the checkpoint's own `sample_precision` and `batched_guidance`).
+                  part they use the default `sampling` settings: fp32, batched on CUDA only).
   sweep     (9)   the full sweep, end to end: 7 guidance strengths x `--samples` samples, DPM-Solver++(2M)
                   20 steps, domain FID / IS / KID / precision / recall (feature extractor and reference statistics
                   included). Baseline: the paper's sampler (256 ancestral steps, cond and uncond as two fp32
@@ -21,20 +21,19 @@ Prints tables and one JSON line.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import tempfile
 import time
-
-import torch
+from functools import partial
 
 from device import add_device_argument, describe
 from cfglab.checkpoints import load_module
 from cfglab.diffusion.guidance import CFG, GuidanceInterval
 from cfglab.diffusion.samplers import DDPM, DPMSolverPP2M, Paper
+from cfglab.diffusion.sampling import SamplingSettings, sample_batches
 from cfglab.metrics.fidelity import build_metrics
-from cfglab.sweep import SweepRecord, balanced_labels, generate, run_points
+from cfglab.sweep import SweepRecord, SweepSettings, balanced_labels, run_points
 
 WS = [0.0, 0.3, 0.5, 1.0, 2.0, 3.0, 4.0]
 PARTS = ["settings", "sweep", "solver", "interval"]
@@ -56,43 +55,48 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def fid_of(module, metrics, sampler, guidance, n, batch, seed):
+def generate(module, dm, settings: SamplingSettings, labels, sampler, guidance, batch, seed):
+    """Samples of `module` for `labels` and their NFE per sample, as a sweep point makes them."""
+    return sample_batches(sampler=sampler, guidance=guidance, labels=labels, batch_size=batch, seed=seed,
+                          **module.sampling_args(), **settings.resolve(module.device, dm.data_range))
+
+
+def fid_of(module, dm, settings, metrics, sampler, guidance, n, batch, seed):
     labels = balanced_labels(n, module.num_classes)
-    images, nfe = generate(module, labels, sampler, guidance, batch, seed=seed)
+    images, nfe = generate(module, dm, settings, labels, sampler, guidance, batch, seed)
     return metrics(images, labels)["fid"], nfe
 
 
-def part_settings(module, fast, report):
+def part_settings(module, dm, fast, report) -> SamplingSettings:
     labels = balanced_labels(100, module.num_classes)
-    settings = {}
+    times = {}
     print(f"{'setting (100 samples, w=1, DPM++ 20)':<40}{'s':>8}{'vs fp32 2 passes':>18}")
     for precision in ("32-true", "bf16-mixed"):
         for batched in (False, True):
-            module.sample_precision, module.batched_guidance = precision, batched
-            generate(module, labels[:20], fast, CFG(w=1.0), 20, seed=0)  # warm-up
-            _, sec = timed(lambda: generate(module, labels, fast, CFG(w=1.0), 100, seed=0))
-            settings[(precision, batched)] = sec
-            base = settings[("32-true", False)]
+            settings = SamplingSettings(precision=precision, batched=batched)
+            generate(module, dm, settings, labels[:20], fast, CFG(w=1.0), 20, seed=0)  # warm-up
+            _, sec = timed(lambda: generate(module, dm, settings, labels, fast, CFG(w=1.0), 100, seed=0))
+            times[settings] = sec
+            base = times[SamplingSettings(precision="32-true", batched=False)]
             print(f"{precision + (', batched 2B' if batched else ', 2 passes'):<40}{sec:>8.2f}{sec / base:>17.2f}x")
-    precision, batched = min(settings, key=settings.get)
-    report["settings"] = {f"{p}/{'batched' if b else 'two_passes'}": s for (p, b), s in settings.items()}
-    return precision, batched
+    report["settings"] = {f"{s.precision}/{'batched' if s.batched else 'two_passes'}": t for s, t in times.items()}
+    return min(times, key=times.get)
 
 
-def part_sweep(module, dm, fast, args, report):
-    precision, batched = module.sample_precision, module.batched_guidance
+def part_sweep(module, dm, settings, fast, args, report):
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache, device=args.device)
-        points = run_points(module, WS, fast, CFG(), metrics, SweepRecord(tmp), args.samples, args.batch, seed=0)
+        points = run_points(module, SweepSettings(WS, num_samples=args.samples, batch_size=args.batch), fast, CFG,
+                            settings.resolve(module.device, dm.data_range), metrics, SweepRecord(tmp))
         sweep_s = time.perf_counter() - t0
-    module.sample_precision, module.batched_guidance = "32-true", False
     baseline_n = 50
     labels = balanced_labels(baseline_n, module.num_classes)
-    _, paper_s = timed(lambda: generate(module, labels, Paper(steps=256), CFG(w=1.0), baseline_n, seed=0))
+    paper = SamplingSettings(precision="32-true", batched=False)
+    _, paper_s = timed(lambda: generate(module, dm, paper, labels, Paper(steps=256), CFG(w=1.0), baseline_n, seed=0))
     paper_sweep_s = paper_s / baseline_n * args.samples * len(WS)
-    module.sample_precision, module.batched_guidance = precision, batched
-    print(f"\nfull sweep: {len(WS)} points x {args.samples} samples, DPM++ 20, {precision}, "
+    batched = settings.resolve(module.device, dm.data_range)["batched"]
+    print(f"\nfull sweep: {len(WS)} points x {args.samples} samples, DPM++ 20, {settings.precision}, "
           f"{'batched' if batched else '2 passes'}: {sweep_s:.0f} s end to end "
           f"({sweep_s / 60:.1f} min; budget 15 min)")
     print(f"paper regime (256 ancestral steps x 2 fp32 passes) for the same samples: {paper_sweep_s:.0f} s "
@@ -105,8 +109,9 @@ def part_sweep(module, dm, fast, args, report):
                   points=[{k: p[k] for k in ("w", "fid", "is", "precision", "recall", "nfe", "seconds")} for p in points])
 
 
-def part_solver(module, metrics, fast, args, report):
-    n, fid = args.quality_samples, lambda sampler: fid_of(module, metrics, sampler, CFG(w=1.0), n, args.batch, args.seed)
+def part_solver(module, dm, settings, metrics, fast, args, report):
+    n = args.quality_samples
+    fid = lambda sampler: fid_of(module, dm, settings, metrics, sampler, CFG(w=1.0), n, args.batch, args.seed)  # noqa: E731
     (fid_fast, nfe_fast), s_fast = timed(lambda: fid(fast))
     (fid_anc, nfe_anc), s_anc = timed(lambda: fid(DDPM(steps=250)))
     print(f"\nw=1, {n} samples: DPM++ 20 FID {fid_fast:.2f} ({nfe_fast:.0f} NFE, {s_fast:.0f} s); "
@@ -115,18 +120,18 @@ def part_solver(module, metrics, fast, args, report):
                                      "nfe_dpmpp20": nfe_fast, "nfe_ddpm250": nfe_anc}
 
 
-def part_interval(module, metrics, fast, args, report):
+def part_interval(module, dm, settings, metrics, fast, args, report):
     n, ws = args.quality_samples, args.quality_ws
-    rows = {"cfg": CFG()} | {f"interval ({lo:g}, {hi:g}]": GuidanceInterval(sigma_lo=lo, sigma_hi=hi)
-                             for lo, hi in args.intervals}
-    unguided, _ = fid_of(module, metrics, fast, CFG(), n, args.batch, args.seed)
+    rows = {"cfg": CFG} | {f"interval ({lo:g}, {hi:g}]": partial(GuidanceInterval, sigma_lo=lo, sigma_hi=hi)
+                           for lo, hi in args.intervals}
+    unguided, _ = fid_of(module, dm, settings, metrics, fast, CFG(), n, args.batch, args.seed)
     print(f"\n{n} samples per cell, DPM++ 20; unguided (w=0) FID {unguided:.2f}")
     print(f"{'guidance':<22}" + "".join(f"{'w=' + format(w, 'g'):>9}" for w in ws)
           + f"{'best':>9}{'NFE/step':>10}{'s/cell':>8}")
     report["interval"] = {"samples": n, "unguided_fid": unguided}
     for name, g in rows.items():
-        (fids, nfes), sec = timed(lambda: zip(*(fid_of(module, metrics, fast, dataclasses.replace(g, w=w), n,
-                                                       args.batch, args.seed) for w in ws)))
+        (fids, nfes), sec = timed(lambda: zip(*(fid_of(module, dm, settings, metrics, fast, g(w=w), n, args.batch,
+                                                       args.seed) for w in ws)))
         guided_nfe = max(nfes) / fast.steps
         report["interval"][name] = {"fid": dict(zip(ws, fids)), "best_fid": min(fids), "nfe_per_step": guided_nfe,
                                     "seconds_per_cell": sec / len(ws)}
@@ -153,18 +158,17 @@ def main():
     module.to(args.device)
     fast = DPMSolverPP2M(steps=20)
     report = {}
-    if "settings" in args.parts:  # else the checkpoint's own settings (module.sample_precision, batched_guidance)
-        module.sample_precision, module.batched_guidance = part_settings(module, fast, report)
-    precision, batched = module.sample_precision, module.batched_guidance
-    report["chosen"] = {"sample_precision": precision, "batched_guidance": batched}
+    settings = part_settings(module, dm, fast, report) if "settings" in args.parts else SamplingSettings()
+    report["chosen"] = {"precision": settings.precision,
+                        "batched": settings.resolve(module.device, dm.data_range)["batched"]}
     if "sweep" in args.parts:
-        part_sweep(module, dm, fast, args, report)
+        part_sweep(module, dm, settings, fast, args, report)
     if {"solver", "interval"} & set(args.parts):
         metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache, device=args.device)
         if "solver" in args.parts:
-            part_solver(module, metrics, fast, args, report)
+            part_solver(module, dm, settings, metrics, fast, args, report)
         if "interval" in args.parts:
-            part_interval(module, metrics, fast, args, report)
+            part_interval(module, dm, settings, metrics, fast, args, report)
     info = {**describe(args.device), "ckpt": args.ckpt, "parts": args.parts, "batch": args.batch,
             "total_seconds": time.perf_counter() - t_start}
     print(json.dumps({"benchmark": "sweep_cost", **info, **report}))

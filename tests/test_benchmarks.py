@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,6 @@ def test_sweep_cost_and_sampling_benchmarks_on_a_small_checkpoint(tmp_path):
     dpm = "DPMSolverPP2M(steps=20)"
     assert per_step[(dpm, "cfg, 2 passes (baseline)")] == per_step[(dpm, "cfg, batched 2B")] == 2.0
     assert per_step[(dpm, "unguided (w=0)")] == 1.0 and per_step[(dpm, "interval (0.28, 5.42]")] == 1.7
-    assert per_step[(dpm, "interval, t read back")] == 1.7  # the same guidance, t read from the device
     assert all(r["time_vs_baseline"] > 0 for r in rows)
 
 

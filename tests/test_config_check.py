@@ -6,24 +6,9 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from cfglab.config import ConfigError, check_evaluate_config, check_train_config
-from conftest import ROOT
-
-
-def composed(config_name, overrides, run_dir):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.pop("hydra")
-    return cfg
+from cfglab.config_checks import ConfigError, check_evaluate_config, check_train_config
+from helpers import ROOT, composed
 
 
 # (overrides, strings the message must contain: the key and the bad value)
@@ -38,11 +23,17 @@ BAD_TRAIN = [
     (["+top_level_typo=1"], ["top_level_typo", "1"]),
     (["sampler.steps=0"], ["sampler", "steps=0"]),
     (["sampler.eta=2"], ["sampler", "eta=2"]),
-    (["callbacks.sweep.ws=[0,-1]"], ["callbacks.sweep", "w=-1"]),
-    (["guidance=cfgpp"], ["callbacks.sweep", "w=2"]),  # CFG++'s lambda lies in [0, 1]: the default grid is invalid
+    (["sweep.ws=[0,-1]"], ["sweep.ws[1]", "w=-1"]),
+    (["guidance=cfgpp"], ["sweep.ws[6]", "w=2"]),  # CFG++'s lambda lies in [0, 1]: the default grid is invalid
+    (["guidance=cfgpp", "sweep.ws=[0,1]"], ["grids.ws[2]", "w=3"]),
+    (["sweep.ws=[0,2,2]"], ["sweep.ws", "[0, 2, 2]"]),
+    (["sweep.ws=[]"], ["sweep.ws", "is empty"]),
     (["grids.ws=[0,1,1]"], ["grids.ws", "[0, 1, 1]"]),
     (["grids.ws=[0,high]"], ["grids.ws[1]", "'high'"]),
-    (["callbacks.sweep.num_samples=0"], ["callbacks.sweep", "num_samples=0"]),
+    (["sweep.num_samples=0"], ["sweep", "num_samples=0"]),
+    (["sampling.clip_x0=-1"], ["sampling", "clip_x0=-1"]),
+    (["sampling.precision=fp8"], ["sampling", "precision='fp8'"]),
+    (["sampling.batched=sometimes"], ["sampling", "batched='sometimes'"]),
     (["data.batch_size=0"], ["data", "batch_size=0"]),
     (["data.val_fraction=1.0"], ["data", "val_fraction=1.0"]),
     (["model.channel_mult=[1,2,2]", "data.image_size=6"], ["model", "image_size=6"]),
@@ -59,7 +50,10 @@ BAD_TRAIN = [
     (["metrics=inception"], ["metrics", "weights_path=None"]),
     (["metrics=exact"], ["metrics", "extractor='exact'"]),
     (["ckpt_path=/nonexistent/last.ckpt"], ["ckpt_path", "/nonexistent/last.ckpt"]),
-    (["guidance=cfgpp", "sampler=dpmpp_2m", "callbacks.sweep.ws=[0,0.5]"], ["sampler", "CFGPlusPlus"]),
+    (["guidance=cfgpp", "sampler=dpmpp_2m", "sweep.ws=[0,0.5]", "grids.ws=[0]"], ["sampler", "CFGPlusPlus"]),
+    (["+guidance.w=3"], ["guidance.w", "3", "sweep.ws", "grids.ws"]),
+    (["+sweep.ws=[0,1]"], ["callbacks.sweep.ws", "sweep.ws"]),
+    (["+sampling.clip_x0=null"], ["module.clip_x0", "sampling.clip_x0"]),
     (["guidance=interval", "guidance.sigma_lo=5", "guidance.sigma_hi=1"], ["guidance", "sigma_lo=5"]),
     (["callbacks.ema.decay=1.0"], ["callbacks.ema", "decay=1.0"]),
     (["schedule.s=-1"], ["schedule", "s=-1"]),
@@ -80,8 +74,9 @@ def test_bad_train_config_is_refused_naming_key_and_value(overrides, expected, t
 
 
 @pytest.mark.parametrize("overrides", [
-    [], ["data=gmm", "model=mlp", "metrics=exact", "module.clip_x0=null"],
-    ["guidance=cfgpp", "callbacks.sweep.ws=[0,0.5,1]", "grids.ws=[0,1]"], ["sampler=paper", "schedule=paper"],
+    [], ["data=gmm", "model=mlp", "metrics=exact", "sampling.clip_x0=null"],
+    ["guidance=cfgpp", "sweep.ws=[0,0.5,1]", "grids.ws=[0,1]"], ["sampler=paper", "schedule=paper"],
+    ["sampling.batched=true", "sampling.precision=bf16-mixed", "sampling.clip_x0=2"],
     ["guidance=interval_high"], ["guidance=interval_narrow"],
     ["strategy=ddp", "trainer.devices=2"], ["logger=none", "~callbacks.sweep"],
 ])
@@ -98,8 +93,11 @@ def test_every_problem_is_listed_at_once(tmp_path):
 
 @pytest.mark.parametrize("overrides,expected", [
     (["ckpt_path=/nonexistent/last.ckpt"], ["ckpt_path", "/nonexistent/last.ckpt"]),
-    (["sweep.w=[0,-2]"], ["sweep.w[1]", "w=-2"]),
-    (["sweep.num_samples=0"], ["sweep.num_samples", "0"]),
+    (["sweep.ws=[0,-2]"], ["sweep.ws[1]", "w=-2"]),
+    (["sweep.num_samples=0"], ["sweep", "num_samples=0"]),
+    (["+sweep.w=[0,1]"], ["sweep.w", "sweep.ws"]),
+    (["+guidance.w=3"], ["guidance.w", "sweep.ws"]),
+    (["sampling.batched=2"], ["sampling", "batched=2"]),
     (["+sweep_typo=1"], ["sweep_typo", "1"]),
 ])
 def test_bad_evaluate_config_is_refused(overrides, expected, tmp_path):
@@ -141,3 +139,31 @@ def test_evaluate_py_refuses_before_hydra_writes_anything(tmp_path):
     proc = run_script("evaluate.py", f"hydra.run.dir={run_dir}", f"ckpt_path={tmp_path / 'missing.ckpt'}")
     assert proc.returncode == 2 and "missing.ckpt" in proc.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("script, override, expected", [
+    ("train.py", "guidance.w=3", ["guidance.w: 3", "sweep.ws", "grids.ws"]),
+    ("train.py", "sweep.ws=[0,1]", ["callbacks.sweep.ws", "set sweep.ws"]),
+    ("train.py", "sampling.batched=false", ["module.batched_guidance", "sampling.batched"]),
+    ("evaluate.py", "sweep.ws=[0,1]", ["sweep.w: [0,1]", "sweep.ws"]),
+    ("evaluate.py", "guidance.w=2", ["guidance.w: 2", "sweep.ws"]),
+    ("evaluate.py", "+guidance.w=2", ["guidance.w: 2", "sweep.ws"]),
+])
+def test_a_w_that_would_be_ignored_is_refused_naming_where_it_belongs(script, override, expected, tmp_path):
+    """Hydra alone would either apply such a value to nothing or fail with an error that does not say where the
+    value belongs; both scripts refuse it before Hydra composes anything."""
+    run_dir = tmp_path / "run"
+    proc = run_script(script, f"hydra.run.dir={run_dir}", "ckpt_path=null" if script == "train.py" else
+                      f"ckpt_path={tmp_path / 'x.ckpt'}", override)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert all(s in proc.stderr for s in expected), proc.stderr
+    assert "Traceback" not in proc.stderr and not run_dir.exists()
+
+
+def test_guidance_configs_carry_no_strength():
+    """The strength comes from sweep.ws / grids.ws: every guidance config builds its method without a w."""
+    from omegaconf import OmegaConf
+
+    for path in sorted((ROOT / "conf" / "guidance").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        assert "w" not in node and node._partial_ is True, path.name

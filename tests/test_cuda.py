@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from cfglab.checkpoints import load_module
-from cfglab.diffusion.guidance import CFG, GuidanceInterval, GuidedDenoiser, ScheduledCFG
+from cfglab.diffusion.denoiser import GuidedDenoiser
+from cfglab.diffusion.guidance import CFG, GuidanceInterval, ScheduledCFG
 from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M, time_grid
 from cfglab.diffusion.schedules import Cosine
 from cfglab.models.unet import UNet
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -63,7 +64,7 @@ def test_train_py_on_the_gpu_trains_sweeps_and_checkpoints(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "train.py", "trainer=gpu", "trainer.max_steps=40", f"hydra.run.dir={run}",
-         "callbacks.sweep.ws=[0,1]", "callbacks.sweep.num_samples=50", "callbacks.sweep.batch_size=25",
+         "sweep.ws=[0,1]", "sweep.num_samples=50", "sweep.batch_size=25",
          "metrics.device=cuda", "grids.ws=[1]", "grids.per_class=2", "trainer.enable_progress_bar=false"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,31 +1,11 @@
-import gzip
-import struct
-
 import numpy as np
 import pytest
 import torch
 
-from cfglab.data.base import to_uint8
 from cfglab.data.digits import DigitsDataModule
 from cfglab.data.mnist import MNISTDataModule, read_idx
-from conftest import SHARED_MNIST
-
-
-def write_idx(path, array: np.ndarray, gz: bool):
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    (gzip.open(path, "wb") if gz else open(path, "wb")).write(data)
-
-
-def make_mnist(folder, prefix, n=40, gz=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    labels = np.arange(n, dtype=np.uint8) % 10
-    sfx = ".gz" if gz else ""
-    write_idx(folder / f"{prefix}-images-idx3-ubyte{sfx}", images, gz)
-    write_idx(folder / f"{prefix}-labels-idx1-ubyte{sfx}", labels, gz)
-    return images, labels
+from cfglab.images import to_uint8
+from helpers import SHARED_MNIST, make_mnist, write_idx
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -7,14 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cfglab.config import check_train_config
+from cfglab.config_checks import check_train_config
 from cfglab.data.cifar import CIFAR10DataModule
 from cfglab.data.image_folder import ImageFolderDataModule
 from cfglab.data.imagenet64 import ImageNet64DataModule
 from cfglab.data.mnist import FashionMNISTDataModule
-from cfglab.train import build
-from test_config_check import composed
-from test_data import make_mnist
+from cfglab.build import build
+from helpers import composed, make_mnist
 
 
 def planes(n, side, rng):

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def sweep(out, devices):
@@ -35,7 +35,7 @@ def test_train_py_with_two_ddp_processes(tmp_path, strategy):
     import os
 
     cmd = [sys.executable, str(ROOT / "train.py"), f"strategy={strategy}", "trainer.accelerator=cpu", "trainer.devices=2",
-           "trainer.max_steps=30", "callbacks.sweep.num_samples=60", "callbacks.sweep.ws=[0,2]", "grids.per_class=2",
+           "trainer.max_steps=30", "sweep.num_samples=60", "sweep.ws=[0,2]", "grids.per_class=2",
            "sampler.steps=5", f"hydra.run.dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false"]
     env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)

@@ -8,9 +8,11 @@ import torch
 from scipy.integrate import solve_ivp
 
 from cfglab.data.gmm import ExactGMMModel, GaussianMixtureDataModule, ring_mixture
-from cfglab.diffusion.guidance import CFG, GuidedDenoiser
+from cfglab.diffusion.denoiser import GuidedDenoiser
+from cfglab.diffusion.guidance import CFG
 from cfglab.diffusion.samplers import DDIM, DDPM, DPMSolverPP2M, Paper
 from cfglab.diffusion.schedules import Cosine
+from helpers import sample_module
 
 SCHEDULE = Cosine()
 
@@ -136,7 +138,7 @@ def test_learned_mlp_agrees_with_the_exact_model_under_the_same_noise(tmp_path):
     dm = GaussianMixtureDataModule(num_samples=20_000, batch_size=512)
     # v-prediction: x0 = alpha x - sigma v stays finite at t = 1, where eps-prediction divides by alpha ~ 1e-5
     module = CFGDiffusion(MLP(2, 4, hidden=128, depth=3), SCHEDULE, num_classes=4, target="v", p_uncond=0.2,
-                          lr=3e-3, warmup_steps=50, clip_x0=None)
+                          lr=3e-3, warmup_steps=50)
     trainer = L.Trainer(max_steps=1500, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         default_root_dir=tmp_path)
@@ -146,7 +148,8 @@ def test_learned_mlp_agrees_with_the_exact_model_under_the_same_noise(tmp_path):
     noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(3))
     learned, ref = {}, {}
     for w in (0.0, 2.0):
-        learned[w] = module.sample(labels, DDIM(steps=50), CFG(w=w), torch.Generator().manual_seed(3)).double()
+        learned[w] = sample_module(module, labels, DDIM(steps=50), CFG(w=w), torch.Generator().manual_seed(3),
+                                   clip_x0=None).double()
         den = GuidedDenoiser(exact, SCHEDULE, CFG(w=w), null_label=4)
         ref[w] = DDIM(steps=50)(den, SCHEDULE, noise.double(), labels)
     gap0 = float((learned[0.0] - ref[0.0]).norm(dim=1).median())

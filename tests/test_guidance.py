@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from cfglab.diffusion.guidance import CFG, GuidedDenoiser, guide
+from cfglab.diffusion.denoiser import GuidedDenoiser
+from cfglab.diffusion.guidance import CFG, guide
+from helpers import Recorder
 from cfglab.diffusion.schedules import Cosine
 
 
@@ -34,25 +36,13 @@ def test_negative_w_rejected(w):
         CFG(w=w)
 
 
-class Recorder:
-    """A toy net whose output depends on the label; records the batch sizes and labels it was called with."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, x, t, labels):
-        self.calls.append(labels.clone())
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        return torch.tanh(x) * (1 + labels.float().view(shape)) + t.view(shape)
-
-
 def make(w, batched=True):
     net = Recorder()
     return net, GuidedDenoiser(net, Cosine(), CFG(w=w), null_label=10, target="eps", batched=batched)
 
 
 def test_batched_equals_separate_passes_and_counts_nfe():
-    x, t, y = torch.randn(5, 3), torch.full((5,), 0.4), torch.arange(5)
+    x, t, y = torch.randn(5, 3), 0.4, torch.arange(5)
     net_b, den_b = make(2.0, batched=True)
     net_s, den_s = make(2.0, batched=False)
     pb, ps = den_b(x, t, y), den_s(x, t, y)
@@ -64,14 +54,15 @@ def test_batched_equals_separate_passes_and_counts_nfe():
 
 
 def test_guided_output_matches_formula():
-    x, t, y = torch.randn(5, 3), torch.full((5,), 0.4), torch.arange(5)
+    x, t, y = torch.randn(5, 3), 0.4, torch.arange(5)
     net, den = make(3.0)
-    eps_c, eps_u = net(x, t, y), net(x, t, torch.full_like(y, 10))
+    tt = torch.full((5,), t)
+    eps_c, eps_u = net(x, tt, y), net(x, tt, torch.full_like(y, 10))
     torch.testing.assert_close(den(x, t, y).eps, guide(eps_c, eps_u, 3.0))
 
 
 def test_w_zero_and_unconditional_skip_the_second_forward():
-    x, t, y = torch.randn(5, 3), torch.full((5,), 0.4), torch.arange(5)
+    x, t, y = torch.randn(5, 3), 0.4, torch.arange(5)
     net, den = make(0.0)
     den(x, t, y)
     assert den.nfe == 1 and len(net.calls) == 1 and (net.calls[0] == y).all()

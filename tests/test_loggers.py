@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from cfglab.loggers import find_secrets, wandb_api_key_configured
-from conftest import ROOT
+from helpers import ROOT
 
 SECRET = "cfglab-test-secret-5f0c2a9e71d4"
 

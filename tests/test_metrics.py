@@ -9,7 +9,7 @@ import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 
-from cfglab.data.base import to_uint8
+from cfglab.images import to_uint8
 from cfglab.data.digits import DigitsDataModule
 from cfglab.metrics import domain as domain_mod
 from cfglab.metrics.extractors import DOMAIN, inception

@@ -5,14 +5,8 @@ import pytest
 import torch
 
 from cfglab.data.digits import DigitsDataModule
-from cfglab.diffusion.schedules import Cosine
-from cfglab.lightning.module import CFGDiffusion, drop_labels, stratified_times
-from cfglab.models.unet import UNet
-
-
-def small_module(**kw):
-    net = UNet(image_size=8, in_channels=1, num_classes=10, base_channels=16, channel_mult=(1, 2), num_res_blocks=1)
-    return CFGDiffusion(net, Cosine(), num_classes=10, **kw)
+from cfglab.lightning.module import drop_labels, stratified_times
+from helpers import sample_module, small_module
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.2, 0.5, 1.0])
@@ -121,18 +115,14 @@ def test_ema_update_matches_torch_and_pickles():
         EMA(decay=1.5)
 
 
-def test_batched_guidance_setting_reaches_the_denoiser():
+def test_one_batched_forward_and_two_forwards_give_the_same_samples():
     from cfglab.diffusion.guidance import CFG
+    from cfglab.diffusion.samplers import DDIM
 
-    assert small_module().denoiser(CFG(w=1.0)).batched is True
-    module = small_module(batched_guidance=False)
-    assert module.denoiser(CFG(w=1.0)).batched is False and module.denoiser(CFG(w=1.0), batched=True).batched
-    g = torch.Generator().manual_seed(0)
-    a = module.sample(torch.arange(4), __import__("cfglab.diffusion.samplers", fromlist=["DDIM"]).DDIM(steps=3),
-                      CFG(w=2.0), g)
-    b = small_module().sample(torch.arange(4), __import__("cfglab.diffusion.samplers", fromlist=["DDIM"]).DDIM(steps=3),
-                              CFG(w=2.0), torch.Generator().manual_seed(0))
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # same samples either way
+    module = small_module()
+    a, b = (sample_module(module, torch.arange(4), DDIM(steps=3), CFG(w=2.0), torch.Generator().manual_seed(0),
+                          batched=batched) for batched in (True, False))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -173,9 +163,9 @@ def test_bf16_autocast_training_and_sampling_stay_finite_and_close_to_float32():
     for sampler in (DDIM(steps=20), DPMSolverPP2M(steps=20)):
         for w in (0.0, 4.0):
             out = {}
-            for precision in ("32-true", "bf16-mixed"):
-                module.sample_precision = precision
-                out[precision] = module.sample(labels, sampler, CFG(w=w), torch.Generator().manual_seed(0))
+            for precision, autocast in (("32-true", None), ("bf16-mixed", torch.bfloat16)):
+                out[precision] = sample_module(module, labels, sampler, CFG(w=w), torch.Generator().manual_seed(0),
+                                               autocast=autocast)
             assert torch.isfinite(out["bf16-mixed"]).all()
             gap = (out["bf16-mixed"] - out["32-true"]).abs().mean().item()
             print(f"{sampler!r} w={w}: mean |bf16 - fp32| = {gap:.4f}")

@@ -7,12 +7,11 @@ import sys
 import pytest
 
 from cfglab.aggregate import collect
-from cfglab.config import check_train_config
-from conftest import ROOT, SHARED_MNIST
-from test_config_check import composed
+from cfglab.config_checks import check_train_config
+from helpers import ROOT, SHARED_MNIST, composed
 
 TINY = ["trainer.max_steps=20", "model.base_channels=16", "grids.ws=[0]", "grids.per_class=1", "sampler.steps=3",
-        "callbacks.sweep.ws=[0,2]", "callbacks.sweep.num_samples=40", "callbacks.sweep.batch_size=40",
+        "sweep.ws=[0,2]", "sweep.num_samples=40", "sweep.batch_size=40",
         "trainer.enable_progress_bar=false"]
 
 
@@ -34,7 +33,7 @@ def test_experiment_presets_compose_and_pass_the_checks(name, tmp_path):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             hydra_cfg = compose("config", [f"experiment={name}"], return_hydra_config=True).hydra
         assert hydra_cfg.sweeper.params["module.p_uncond"] == "0.1,0.2,0.5"
-        assert list(cfg.callbacks.sweep.ws) == [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 2, 3, 4]
+        assert list(cfg.sweep.ws) == [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 2, 3, 4]
 
 
 def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path):

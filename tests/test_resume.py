@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 
 STEPS = 80
 ARGS = [f"trainer.max_steps={STEPS}", "callbacks.checkpoint.every_n_train_steps=10", "~callbacks.sweep",

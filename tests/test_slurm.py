@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cfglab.aggregate import collect
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +67,8 @@ def test_multirun_of_ddp_jobs_survives_preemption_and_aggregates(slurm, tmp_path
     it checkpoints, submitit requeues it once, and the rerun resumes from the checkpoint and finishes."""
     sweep_dir = tmp_path / "mr"
     proc = launch(sweep_dir, "strategy=ddp", "trainer.devices=2", "trainer.max_steps=150",
-                  "callbacks.checkpoint.every_n_train_steps=25", "callbacks.sweep.ws=[0,2]",
-                  "callbacks.sweep.num_samples=40", "callbacks.sweep.batch_size=20", "module.p_uncond=0.1,0.5")
+                  "callbacks.checkpoint.every_n_train_steps=25", "sweep.ws=[0,2]",
+                  "sweep.num_samples=40", "sweep.batch_size=20", "module.p_uncond=0.1,0.5")
     wait_for(sweep_dir / "0" / "checkpoints" / "last.ckpt", proc)
     job = job_id(sweep_dir, 0)
     run_slurm("scancel", "--signal=USR2", job)

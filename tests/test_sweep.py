@@ -13,13 +13,16 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from cfglab.data.digits import DigitsDataModule
-from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.guidance import CFG, CFGPlusPlus
 from cfglab.diffusion.samplers import DDIM
-from cfglab.lightning.callbacks import GuidanceSweep
+from cfglab.diffusion.sampling import SamplingSettings, sample_batches
+from cfglab.lightning.guidance_sweep import GuidanceSweep
 from cfglab.metrics.fidelity import build_metrics
-from cfglab.sweep import SweepRecord, balanced_labels, run_points
-from conftest import ROOT
-from test_module import small_module
+from cfglab.sweep import SweepRecord, SweepSettings, balanced_labels, run_points
+from helpers import ROOT, small_module
+
+
+SETTINGS = SamplingSettings().resolve("cpu", data_range=1.0)
 
 
 def test_balanced_labels():
@@ -50,12 +53,13 @@ def test_record_round_trip_and_csv(tmp_path):
 def test_done_points_are_not_recomputed(tmp_path):
     module = small_module()
     fake_metrics = lambda images, labels: {"fid": float(images.float().mean())}  # noqa: E731
-    rec = SweepRecord(tmp_path)
-    first = run_points(module, [0.0, 1.0], DDIM(steps=2), CFG(), fake_metrics, rec, 8, 4, seed=0)
-    with mock.patch("cfglab.sweep.generate", side_effect=AssertionError("recomputed")):
-        again = run_points(module, [0.0, 1.0], DDIM(steps=2), CFG(), fake_metrics, SweepRecord(tmp_path), 8, 4, seed=0)
+    points = lambda ws: run_points(module, SweepSettings(ws, num_samples=8, batch_size=4), DDIM(steps=2), CFG,  # noqa: E731
+                                   SETTINGS, fake_metrics, SweepRecord(tmp_path))
+    first = points([0.0, 1.0])
+    with mock.patch("cfglab.sweep.sample_batches", side_effect=AssertionError("recomputed")):
+        again = points([0.0, 1.0])
     assert again == first
-    more = run_points(module, [0.0, 1.0, 2.0], DDIM(steps=2), CFG(), fake_metrics, SweepRecord(tmp_path), 8, 4, seed=0)
+    more = points([0.0, 1.0, 2.0])
     assert more[:2] == first and more[2]["w"] == 2.0
     assert more[1]["nfe"] == 4 and more[0]["nfe"] == 2  # w = 0 skips the unconditional forward
 
@@ -63,8 +67,9 @@ def test_done_points_are_not_recomputed(tmp_path):
 def test_callback_on_tiny_model_writes_every_artifact(tmp_path):
     L.seed_everything(0)
     dm = DigitsDataModule(batch_size=64)
-    sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")), ws=[0, 2], num_samples=60,
-                          batch_size=30, sampler=DDIM(steps=4), out_dir=str(tmp_path / "run"), grid_per_class=3)
+    sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")),
+                          SweepSettings(ws=[0, 2], num_samples=60, batch_size=30, grid_per_class=3),
+                          sampler=DDIM(steps=4), out_dir=str(tmp_path / "run"))
     logger = CSVLogger(tmp_path, name="csv")
     trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=logger, callbacks=[sweep], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
@@ -81,11 +86,19 @@ def test_callback_on_tiny_model_writes_every_artifact(tmp_path):
     assert "sweep/fid/w=0" in logged and "sweep/precision/w=2" in logged
 
 
-@pytest.mark.parametrize("bad, match", [(dict(ws=[]), "empty"), (dict(ws=[0, -1]), "w=-1"),
-                                        (dict(num_samples=0), "num_samples=0")])
+@pytest.mark.parametrize("bad, match", [(dict(ws=[]), "empty"), (dict(ws=[0, 1, 1]), "repeats"),
+                                        (dict(ws=[0, "a"]), r"ws\[1\]: 'a' is not a number"),
+                                        (dict(num_samples=0), "num_samples=0"), (dict(batch_size=1.5), "batch_size=1.5")])
 def test_bad_sweep_settings(bad, match):
     with pytest.raises(ValueError, match=match):
-        GuidanceSweep(metrics=None, **bad)
+        SweepSettings(**bad)
+
+
+def test_the_guidance_method_checks_every_w_of_the_sweep():
+    with pytest.raises(ValueError, match="w=-1"):
+        GuidanceSweep(metrics=None, sweep=SweepSettings(ws=[0, -1]))
+    with pytest.raises(ValueError, match="lambda w=2"):
+        GuidanceSweep(metrics=None, sweep=SweepSettings(ws=[0, 2]), guidance=CFGPlusPlus)
 
 
 def test_evaluate_killed_midway_resumes_without_recomputing(tmp_path):
@@ -96,7 +109,7 @@ def test_evaluate_killed_midway_resumes_without_recomputing(tmp_path):
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval"
     cmd = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt_path={ckpt}", f"hydra.run.dir={out}",
-           "sweep.w=[0,0.5,1,2,3,4]", "sweep.num_samples=300", "sampler.steps=25"]
+           "sweep.ws=[0,0.5,1,2,3,4]", "sweep.num_samples=300", "sampler.steps=25"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     points = []
@@ -132,7 +145,8 @@ def test_every_guidance_config_is_a_sweep_axis(name, tmp_path):
     guidance = instantiate(OmegaConf.load(ROOT / "conf" / "guidance" / f"{name}.yaml"))
     fake_metrics = lambda images, labels: {"fid": float(images.float().mean())}  # noqa: E731
     ws = [0.0, 0.5, 1.0]
-    points = run_points(small_module(), ws, DDIM(steps=3), guidance, fake_metrics, SweepRecord(tmp_path), 6, 6, seed=0)
+    points = run_points(small_module(), SweepSettings(ws, num_samples=6, batch_size=6), DDIM(steps=3), guidance,
+                        SETTINGS, fake_metrics, SweepRecord(tmp_path))
     assert [p["w"] for p in points] == ws
     assert len({p["key"]["guidance"] for p in points}) == 3  # each point carries its own strength
 
@@ -147,7 +161,7 @@ def test_autoguidance_sweeps_with_a_weaker_checkpoint(tmp_path):
         subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env, timeout=600)
         ckpts[name] = tmp_path / name / "checkpoints" / "last.ckpt"
     cmd = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt_path={ckpts['strong']}", f"hydra.run.dir={tmp_path / 'eval'}",
-           "guidance=autoguidance", f"guidance.guide_ckpt={ckpts['weak']}", "sweep.w=[0,2]", "sweep.num_samples=40",
+           "guidance=autoguidance", f"guidance.guide_ckpt={ckpts['weak']}", "sweep.ws=[0,2]", "sweep.num_samples=40",
            "sampler.steps=4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -161,8 +175,9 @@ def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     L.seed_everything(0)
-    sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")), ws=[0, 1], num_samples=30,
-                          batch_size=30, sampler=DDIM(steps=2), out_dir=str(tmp_path / "run"))
+    sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")),
+                          SweepSettings(ws=[0, 1], num_samples=30, batch_size=30), sampler=DDIM(steps=2),
+                          out_dir=str(tmp_path / "run"))
     logger = WandbLogger(project="cfglab-test", save_dir=str(tmp_path), offline=True)
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=logger, callbacks=[sweep], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
@@ -183,11 +198,12 @@ def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):
 def test_periodic_sweeps_during_training_and_the_final_one_reuses_the_last(tmp_path):
     L.seed_everything(0)
     dm = DigitsDataModule(batch_size=64, val_fraction=0.1)  # 1,617 training images: 25 steps per epoch
-    sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")), ws=[0, 1], num_samples=30,
-                          batch_size=30, sampler=DDIM(steps=2), every_n_epochs=1, out_dir=str(tmp_path / "run"))
+    sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")),
+                          SweepSettings(ws=[0, 1], num_samples=30, batch_size=30), sampler=DDIM(steps=2),
+                          every_n_epochs=1, out_dir=str(tmp_path / "run"))
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, callbacks=[sweep], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    with mock.patch("cfglab.sweep.generate", wraps=__import__("cfglab.sweep", fromlist=["generate"]).generate) as gen:
+    with mock.patch("cfglab.sweep.sample_batches", wraps=sample_batches) as gen:
         trainer.fit(small_module(), datamodule=dm)
     points = json.loads((tmp_path / "run" / "sweep.json").read_text())["points"]
     assert sorted((p["step"], p["w"]) for p in points) == [(25, 0.0), (25, 1.0), (50, 0.0), (50, 1.0)]

@@ -14,7 +14,7 @@ from PIL import Image
 from cfglab.checkpoints import load_module
 from cfglab.diffusion.guidance import CFG
 from cfglab.diffusion.samplers import DDIM
-from conftest import ROOT
+from helpers import ROOT, sample_module
 
 
 def run_train(run_dir, *overrides):
@@ -29,7 +29,7 @@ def run_train(run_dir, *overrides):
 def test_short_run_writes_grids_checkpoint_and_logs(tmp_path):
     proc = run_train(tmp_path, "trainer.max_steps=12", "sampler.steps=3", "grids.per_class=2",
                      "callbacks.checkpoint.every_n_train_steps=5", "trainer.log_every_n_steps=4",
-                     "callbacks.sweep.ws=[0,1]", "callbacks.sweep.num_samples=20")
+                     "sweep.ws=[0,1]", "sweep.num_samples=20")
     for w in (0, 1, 3):
         png = tmp_path / f"samples_w{w}.png"
         assert f"guided samples: {png}" in proc.stdout
@@ -78,7 +78,7 @@ def test_default_job_samples_follow_their_labels(tmp_path):
     labels = torch.arange(10).repeat_interleave(50)
     acc = {}
     for w in (0.0, 3.0):
-        x = module.sample(labels, DDIM(steps=50), CFG(w=w), torch.Generator().manual_seed(0))
+        x = sample_module(module, labels, DDIM(steps=50), CFG(w=w), torch.Generator().manual_seed(0))
         acc[w] = float(np.mean(clf.predict(x.reshape(len(x), -1).numpy()) == labels.numpy()))
     print(f"classifier accuracy on guided samples: {acc}")
     assert acc[3.0] >= 0.9
@@ -86,8 +86,8 @@ def test_default_job_samples_follow_their_labels(tmp_path):
 
 
 def test_toy_mixture_job_trains_and_sweeps(tmp_path):
-    run_train(tmp_path, "data=gmm", "model=mlp", "metrics=exact", "module.clip_x0=null", "module.target=v",
-              "trainer.max_steps=60", "callbacks.sweep.ws=[0,3]", "callbacks.sweep.num_samples=100",
+    run_train(tmp_path, "data=gmm", "model=mlp", "metrics=exact", "module.target=v",
+              "trainer.max_steps=60", "sweep.ws=[0,3]", "sweep.num_samples=100",
               "grids.per_class=2", "sampler.steps=10")
     points = json.loads((tmp_path / "sweep.json").read_text())["points"]
     assert [p["w"] for p in points] == [0.0, 3.0] and all(p["nfe"] > 0 for p in points)

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 OUT=experiments/digits_puncond/multirun
 rm -rf "$OUT"
 python train.py -m module.p_uncond=0.1,0.2,0.5 trainer.max_steps=1500 \
-  callbacks.sweep.ws='[0,0.3,1,2,4]' callbacks.sweep.num_samples=500 callbacks.sweep.batch_size=500 \
+  sweep.ws='[0,0.3,1,2,4]' sweep.num_samples=500 sweep.batch_size=500 \
   grids.ws='[0,3]' trainer.enable_progress_bar=false hydra.sweep.dir="$OUT" "$@"
 python aggregate.py "$OUT"
 cp "$OUT"/aggregate.{md,csv,png} experiments/digits_puncond/

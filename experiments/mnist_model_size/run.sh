@@ -12,8 +12,8 @@ rm -rf "$OUT"
 run() {  # name, overrides...
   local name=$1; shift
   python train.py experiment=mnist_study data.data_dir="$MNIST_DIR" "$@" \
-    sampler.steps=20 module.sample_precision=bf16-mixed module.batched_guidance=false \
-    callbacks.sweep.ws='[0,0.5,1]' callbacks.sweep.num_samples=1000 callbacks.sweep.batch_size=500 \
+    sampler.steps=20 sampling.precision=bf16-mixed sampling.batched=false \
+    sweep.ws='[0,0.5,1]' sweep.num_samples=1000 sweep.batch_size=500 \
     grids.ws='[1]' trainer.enable_progress_bar=false hydra.run.dir="$OUT/$name" "${EXTRA[@]}"
 }
 EXTRA=("$@")

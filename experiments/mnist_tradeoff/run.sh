@@ -9,5 +9,5 @@ python train.py data=mnist data.data_dir="$MNIST_DIR" data.split=test model=unet
   trainer.max_steps=1000 trainer.precision=bf16-mixed trainer.check_val_every_n_epoch=1000 \
   module.lr=2e-3 module.p_uncond=0.1 callbacks.ema.decay=0.99 \
   sampler=dpmpp_2m sampler.steps=10 \
-  callbacks.sweep.num_samples=500 callbacks.sweep.batch_size=250 \
+  sweep.num_samples=500 sweep.batch_size=250 \
   grids.ws='[0,1,3]' hydra.run.dir=experiments/mnist_tradeoff/run "$@"

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
+from torch import nn
+
+from cfglab.build import build
+from cfglab.diffusion.guidance import CFG, Autoguidance
+
+log = logging.getLogger(__name__)
+
+# Sampling settings that checkpoints written before the `sampling` config group kept under `module`.
+MOVED_MODULE_KEYS = {"clip_x0": "sampling.clip_x0", "batched_guidance": "sampling.batched",
+                     "sample_precision": "sampling.precision"}
 
 
 def load_module(ckpt_path: str | Path, map_location: str = "cpu"):
@@ -15,15 +27,36 @@ def load_module(ckpt_path: str | Path, map_location: str = "cpu"):
     `checkpoint_step` is the training step the checkpoint was written at.
     Loading uses `weights_only=True`: a checkpoint that needs arbitrary code to unpickle is refused.
     """
-    from cfglab.train import build
-
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(path)!r} does not exist")
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if "cfglab_config" not in ckpt:
         raise ValueError(f"ckpt_path={str(path)!r} has no 'cfglab_config': not a checkpoint written by cfglab's train.py")
-    datamodule, module = build(OmegaConf.create(ckpt["cfglab_config"]))
+    config = ckpt["cfglab_config"]
+    moved = {k: config["module"].pop(k) for k in list(config.get("module", {})) if k in MOVED_MODULE_KEYS}
+    if moved:
+        log.warning("%s was written by an older cfglab that kept sampling settings in the model (%s); they are not "
+                    "used: sampling follows the `sampling` config group (%s)", path,
+                    ", ".join(f"module.{k}={v!r}" for k, v in moved.items()),
+                    ", ".join(MOVED_MODULE_KEYS[k] for k in moved))
+    datamodule, module = build(OmegaConf.create(config))
     module.load_state_dict(ckpt["state_dict"])
     module.checkpoint_step = int(ckpt.get("global_step", 0))
     return datamodule, module.eval()
+
+
+def load_guide_net(guidance: CFG, module) -> Optional[nn.Module]:
+    """The weaker network that autoguidance guides with, on `module`'s device (None for other methods).
+
+    It must be a model of the same kind: the same classes, prediction target and noise schedule."""
+    if not isinstance(guidance, Autoguidance):
+        return None
+    if not guidance.guide_ckpt:
+        raise ValueError("autoguidance needs guidance.guide_ckpt: the checkpoint of a weaker model")
+    _, guide = load_module(guidance.guide_ckpt)
+    kind = lambda m: (m.num_classes, m.target, repr(m.schedule))  # noqa: E731
+    if kind(guide) != kind(module):
+        raise ValueError(f"guide_ckpt={guidance.guide_ckpt!r} has num_classes, target, schedule = {kind(guide)}; "
+                         f"this model has {kind(module)}")
+    return guide.net.to(module.device).eval()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +11,7 @@ from torchvision.utils import save_image
 
 from cfglab.diffusion.guidance import CFG
 from cfglab.diffusion.samplers import Sampler
+from cfglab.diffusion.sampling import sample
 
 
 def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
@@ -59,15 +59,20 @@ def save_samples(samples: torch.Tensor, labels: torch.Tensor, path: str | Path, 
     return save_grid(images, path, nrow=per_class)
 
 
-def guided_grids(module, sampler: Sampler, guidance: CFG, ws: Sequence[float], out_dir: str | Path,
-                 per_class: int = 10, seed: int = 0) -> list[Path]:
-    """For each w: sample `per_class` images of every class from the same noise and save `samples_w{w}.png`."""
+def guided_grids(module, sampler: Sampler, guidance: Callable[..., CFG], ws: Sequence[float], out_dir: str | Path,
+                 sampling: dict, per_class: int = 10, seed: int = 0, guide_net=None) -> list[Path]:
+    """For each w: sample `per_class` images of every class from the same noise and save `samples_w{w}.png`.
+
+    guidance: the method without its strength, called as guidance(w=...); sampling: `sample`'s settings
+    (SamplingSettings.resolve)."""
     labels = class_grid_labels(module.num_classes, per_class)
     if len(module.net.sample_shape) == 1:  # low-dimensional data: more points make a readable scatter plot
         labels = class_grid_labels(module.num_classes, 50 * per_class)
+    labels = labels.to(module.device)
     paths = []
     for w in ws:
         g = torch.Generator(device=module.device).manual_seed(seed)
-        samples = module.sample(labels, sampler, dataclasses.replace(guidance, w=float(w)), g).cpu()
-        paths.append(save_samples(samples, labels, Path(out_dir) / f"samples_w{w:g}.png", per_class))
+        samples, _ = sample(sampler=sampler, guidance=guidance(w=float(w)), labels=labels, generator=g,
+                            guide_net=guide_net, **module.sampling_args(), **sampling)
+        paths.append(save_samples(samples.cpu(), labels.cpu(), Path(out_dir) / f"samples_w{w:g}.png", per_class))
     return paths

@@ -1,26 +1,66 @@
 """Guidance sweeps: sample at each guidance strength w, measure, and keep every finished point.
 
-Shared by the GuidanceSweep callback (during training) and evaluate.py (on checkpoints). Results live in
-`sweep.json` (the record; rewritten atomically after every point, so a crash loses at most the point in
-progress), with `sweep.csv` and `tradeoff.png` derived from it.
+Shared by the GuidanceSweep callback (during training) and evaluate.py (on checkpoints), both configured by the
+`sweep` config group (`SweepSettings`). Results live in `sweep.json` (the record; rewritten atomically after
+every point, so a crash loses at most the point in progress), with `sweep.csv` and `tradeoff.png` derived from it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from cfglab.data.base import to_uint8
+from cfglab.atomic import atomic_write_text
+from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.sampling import sample_batches
 
-COLUMNS = ("step", "w", "fid", "is", "kid", "precision", "recall", "accuracy", "nfe", "num_samples", "seconds")
+PAPER_WS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)  # close to Ho & Salimans 2022, Table 1
+METRICS = ("fid", "is", "kid", "precision", "recall", "accuracy")
+COLUMNS = ("step", "w", *METRICS, "nfe", "num_samples", "seconds")
+
+
+def ws_problems(ws: Any, allow_empty: bool = False) -> list[tuple[str, str]]:
+    """What is wrong with a list of guidance strengths, as (index suffix such as "[1]" or "", message) pairs.
+    Whether each w suits the guidance method is the method's own check (e.g. CFG++ needs w <= 1)."""
+    if isinstance(ws, (str, bytes)) or not isinstance(ws, Iterable):
+        return [("", f"{ws!r} must be a list of numbers")]
+    ws = list(ws)
+    problems = [(f"[{i}]", f"{w!r} is not a number") for i, w in enumerate(ws)
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or math.isnan(w)]
+    if not ws and not allow_empty:
+        problems.append(("", "is empty: give at least one guidance strength"))
+    if not problems and len(set(ws)) != len(ws):
+        problems.append(("", f"{ws} repeats a value"))
+    return problems
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """A guidance sweep (conf/sweep/default.yaml): `num_samples` balanced-label samples at every w of `ws`,
+    sampled in batches of `batch_size` from `seed`, with a grid of `grid_per_class` samples per class per w."""
+
+    ws: Sequence[float] = PAPER_WS
+    num_samples: int = 1000
+    batch_size: int = 500
+    seed: int = 0
+    grid_per_class: int = 8
+
+    def __post_init__(self):
+        problems = ws_problems(self.ws)
+        if problems:
+            raise ValueError("; ".join(f"ws{i}: {m}" for i, m in problems))
+        object.__setattr__(self, "ws", tuple(float(w) for w in self.ws))
+        for k in ("num_samples", "batch_size", "grid_per_class"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k}={v!r} must be an integer >= 1")
 
 
 def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
@@ -28,31 +68,9 @@ def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
     return torch.arange(num_samples) % num_classes
 
 
-def generate(module, labels: Tensor, sampler, guidance, batch_size: int, seed: int,
-             progress: Optional[Callable[[int], None]] = None, rank: int = 0, world: int = 1) -> tuple[Tensor, float]:
-    """Guided samples for `labels` on the CPU (images as uint8 (N, C, H, W), as they would be saved; other data
-    as float), and network evaluations per sample.
-
-    Batch i uses the generator seeded with (seed, i), so a point is reproducible whatever ran before it, and
-    with `world` > 1 this process makes only batches i = rank, rank + world, ... (concatenated in that order):
-    put together in batch order, the shards of all ranks are exactly the images of a single process.
-    """
-    images, nfe, count = [], 0.0, 0
-    for i, start in enumerate(range(0, len(labels), batch_size)):
-        if i % world != rank:
-            continue
-        batch = labels[start : start + batch_size]
-        g = torch.Generator(device=module.device).manual_seed(seed * 1_000_003 + i)
-        den = module.denoiser(guidance)
-        x = module.sample(batch, sampler, guidance, g, denoiser=den).cpu()
-        images.append(to_uint8(x) if x.ndim == 4 else x)
-        nfe, count = nfe + den.nfe * len(batch), count + len(batch)
-        if progress is not None:
-            progress(len(batch))
-    if not images:
-        dtype = torch.uint8 if len(module.net.sample_shape) == 3 else torch.get_default_dtype()
-        return torch.empty((0, *module.net.sample_shape), dtype=dtype), 0.0
-    return torch.cat(images), nfe / max(1, count)
+def sweep_grid_path(out_dir: str | Path, step: int, w: float) -> Path:
+    """Where the sample grid of the point (step, w) is saved."""
+    return Path(out_dir) / "sweep_grids" / f"step{step}_w{w:g}.png"
 
 
 class SweepRecord:
@@ -78,10 +96,7 @@ class SweepRecord:
 
     def add(self, point: dict) -> None:
         self.points = [p for p in self.points if p.get("key") != point["key"]] + [point]
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".sweep.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"points": self.points}, indent=1))
-        os.replace(tmp, self.path)  # atomic on POSIX: readers see the old or the new file, never half of one
+        atomic_write_text(self.path, json.dumps({"points": self.points}, indent=1))
         self.write_csv()
 
     def write_csv(self) -> Path:
@@ -90,10 +105,7 @@ class SweepRecord:
         for p in sorted(self.points, key=lambda p: (p.get("step", 0), p["w"])):
             lines.append(",".join("" if p.get(c) is None else f"{p[c]:.6g}" if isinstance(p[c], float) else str(p[c])
                                   for c in COLUMNS))
-        tmp = path.with_name(".sweep.csv.tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_tradeoff(points: Sequence[dict], path: str | Path, title: str = "", by: str = "step") -> Path:
@@ -127,35 +139,39 @@ def plot_tradeoff(points: Sequence[dict], path: str | Path, title: str = "", by:
     return path
 
 
-def run_points(module, ws: Iterable[float], sampler, guidance, metrics, record: SweepRecord, num_samples: int,
-               batch_size: int, seed: int, step: int = 0, on_point: Optional[Callable[[dict, Tensor], None]] = None,
-               progress: Optional[Callable[[int], None]] = None,
+def run_points(module, sweep: SweepSettings, sampler, guidance: Callable[..., CFG], sampling: dict, metrics,
+               record: SweepRecord, step: int = 0, on_point: Optional[Callable[[dict, Tensor], None]] = None,
+               progress: Optional[Callable[[int], None]] = None, guide_net=None,
                shard: Optional[tuple[int, int, Callable[[Tensor], Optional[Tensor]]]] = None) -> list[dict]:
-    """Measure every w not already in `record`; each finished point is saved before the next one starts.
+    """Measure every w of `sweep.ws` not already in `record`; each finished point is saved before the next starts.
 
-    shard = (rank, world, gather): this process generates its share of the batches; `gather` turns the shards
-    into the full set in batch order on rank 0 (None elsewhere). Only rank 0 measures and writes; the others
-    return the points they skipped or an empty list.
+    guidance: the method without its strength, called as guidance(w=...) per point. sampling: `sample`'s
+    settings (SamplingSettings.resolve). shard = (rank, world, gather): this process generates its share of the
+    batches; `gather` turns the shards into the full set in batch order on rank 0 (None elsewhere). Only rank 0
+    measures and writes; the others return the points they skipped or an empty list.
     """
     rank, world, gather = shard or (0, 1, None)
-    labels = balanced_labels(num_samples, module.num_classes)
+    labels = balanced_labels(sweep.num_samples, module.num_classes)
+    settings = {k: str(v) if isinstance(v, torch.dtype) else v for k, v in sampling.items()}
     out = []
-    for w in ws:
-        g = dataclasses.replace(guidance, w=float(w))
-        key = {"w": float(w), "step": int(step), "sampler": repr(sampler), "guidance": repr(g),
-               "num_samples": int(num_samples), "seed": int(seed)}
+    for w in sweep.ws:
+        g = guidance(w=w)
+        key = {"w": w, "step": int(step), "sampler": repr(sampler), "guidance": repr(g), "sampling": settings,
+               "num_samples": sweep.num_samples, "batch_size": sweep.batch_size, "seed": sweep.seed}
         done = record.find(key)
         if done is not None:
             out.append(done)
             continue
         t0 = time.perf_counter()
-        images, nfe = generate(module, labels, sampler, g, batch_size, seed, progress, rank, world)
+        images, nfe = sample_batches(sampler=sampler, guidance=g, labels=labels, batch_size=sweep.batch_size,
+                                     seed=sweep.seed, rank=rank, world=world, progress=progress, guide_net=guide_net,
+                                     **module.sampling_args(), **sampling)
         if world > 1:
             images = gather(images)
             if rank != 0:
                 continue
-        point = {"w": float(w), "step": int(step), **metrics(images, labels), "nfe": nfe,
-                 "num_samples": int(num_samples), "seconds": time.perf_counter() - t0, "key": key}
+        point = {"w": w, "step": int(step), **metrics(images, labels), "nfe": nfe,
+                 "num_samples": sweep.num_samples, "seconds": time.perf_counter() - t0, "key": key}
         if not all(math.isfinite(v) for v in point.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metrics at w={w}: {point}")
         record.add(point)

@@ -12,24 +12,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from cfglab.config import check_train_config
+from cfglab.build import build
+from cfglab.checkpoints import load_guide_net
+from cfglab.config_checks import check_train_config
 from cfglab.grids import guided_grids
 from cfglab.lightning.preemption import stop_signal
-
-
-BUILD_KEYS = ("data", "model", "schedule", "module")  # what a checkpoint needs to rebuild its module
-
-
-def build(cfg: DictConfig):
-    """Instantiate data module and LightningModule; the model's shape comes from the data."""
-    datamodule = instantiate(cfg.data)
-    net = instantiate(
-        cfg.model, image_size=datamodule.image_size, in_channels=datamodule.channels,
-        num_classes=datamodule.num_classes,
-    )
-    module = instantiate(cfg.module, net=net, schedule=instantiate(cfg.schedule), num_classes=datamodule.num_classes)
-    module.build_config = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in BUILD_KEYS}
-    return datamodule, module
 
 
 def train(cfg: DictConfig, output_dir: str | Path) -> dict:
@@ -37,7 +24,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     if os.environ.get("SLURM_CPUS_PER_TASK"):  # torch would start one thread per core of the whole node
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     L.seed_everything(cfg.seed, workers=True)
-    sampler, guidance = instantiate(cfg.sampler), instantiate(cfg.guidance)
+    sampler, guidance, sampling = instantiate(cfg.sampler), instantiate(cfg.guidance), instantiate(cfg.sampling)
     datamodule, module = build(cfg)
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -54,7 +41,9 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     stopped_by = stop_signal(trainer)
     paths = []
     if trainer.is_global_zero and not stopped_by:
-        paths = guided_grids(module, sampler, guidance, cfg.grids.ws, output_dir, cfg.grids.per_class, cfg.grids.seed)
+        paths = guided_grids(module, sampler, guidance, cfg.grids.ws, output_dir,
+                             sampling.resolve(module.device, datamodule.data_range), cfg.grids.per_class,
+                             cfg.grids.seed, load_guide_net(guidance(w=0.0), module))
         for p in paths:
             print(f"guided samples: {p}")
     return {"grids": [str(p) for p in paths], "stopped_by": stopped_by,

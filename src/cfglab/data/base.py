@@ -6,24 +6,11 @@ from typing import Optional
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from cfglab.data.loader import InMemoryBatches, training_batches
-
-
-def to_model_range(images: Tensor, image_size: int) -> Tensor:
-    """uint8 (N, C, H, W) in [0, 255] -> float32 (N, C, image_size, image_size) in [-1, 1]."""
-    x = images.float().div(127.5).sub(1.0)
-    if x.shape[-1] != image_size or x.shape[-2] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(-1.0, 1.0)
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """float images in [-1, 1] -> uint8 in [0, 255] (what image files and feature extractors take)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+from cfglab.images import to_model_range
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -35,6 +22,7 @@ class ImageDataModule(L.LightningDataModule):
 
     num_classes: int
     channels: int
+    data_range: Optional[float] = 1.0  # images live in [-1, 1] (sampling's clip_x0 "auto")
 
     def __init__(self, image_size: int, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0):
         super().__init__()

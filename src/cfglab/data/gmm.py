@@ -108,6 +108,7 @@ class GaussianMixtureDataModule(L.LightningDataModule):
                              f"val_fraction={val_fraction}")
         self.mixture = ring_mixture(num_classes, radius, std)
         self.num_classes, self.channels, self.image_size = num_classes, 2, None
+        self.data_range = None  # unbounded: sampling's clip_x0 "auto" does not clip
         self.num_samples, self.batch_size, self.val_fraction, self.seed = num_samples, batch_size, val_fraction, seed
         self.split = f"ring-{num_classes}-{radius}-{std}-{num_samples}"
         self._splits = None

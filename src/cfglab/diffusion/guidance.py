@@ -1,4 +1,4 @@
-"""Classifier-free guidance: the guidance formula, the guidance methods, and the guided denoiser samplers call.
+"""Classifier-free guidance: the guidance formula and the guidance methods (cfglab.diffusion.denoiser applies them).
 
 Convention: the guidance strength is the paper's w (Ho & Salimans 2022, eq. 6),
 
@@ -10,7 +10,8 @@ DiT, k-diffusion and diffusers write the same combination with a scale s = 1 + w
 
 so their `cfg_scale` / `guidance_scale` = 4 is w = 3 here.
 
-Every method is a small dataclass with a field `w` (the sweep axis) and three methods:
+Every method is a small dataclass with a field `w` (the sweep axis, supplied by the caller: configs build the
+method without it, `_partial_: true`, and sweeps call `guidance(w=...)`) and three methods:
   strength(t, log_snr) -> the w used at this step (0: guidance off, the unconditional forward is skipped);
   needs_uncond(w)      -> whether this step needs the guiding prediction;
   combine(cond, uncond, w, x, alpha, sigma, state) -> the guided Prediction(x0, eps).
@@ -20,21 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from cfglab.diffusion.schedules import Schedule
-from cfglab.diffusion.targets import Prediction, broadcast, check_target, to_prediction
-
-ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""A network: (x_t of shape (B, ...), t of shape (B,) in [0, 1], labels of shape (B,) int64) -> output like x_t."""
-
-Denoiser = Callable[[Tensor, Tensor, Optional[Tensor]], Prediction]
-"""What samplers call: (x_t (B, ...), t (B,), labels (B,) or None) -> Prediction(x0, eps). A denoiser whose
-`takes_host_time` is true also gets the keyword `t_host`, the same time as a float (samplers.denoise)."""
-
+from cfglab.diffusion.targets import Prediction, broadcast
 
 def guide(cond: Tensor, uncond: Tensor, w: float | Tensor) -> Tensor:
     """The guidance combination (1 + w) cond - w uncond, the only place it is written.
@@ -213,7 +205,8 @@ class APG(CFG):
 class Autoguidance(CFG):
     """Autoguidance (Karras et al. 2024): the guiding prediction comes from a weaker version of the same model
     (an earlier or smaller checkpoint, `guide_ckpt`), conditioned on the same label; x0 = guide(good, bad, w).
-    The guiding network is loaded by the caller and handed to GuidedDenoiser as `guide_model`."""
+    The guiding network is loaded by the caller (cfglab.checkpoints.load_guide_net) and handed to sampling as
+    `guide_net`."""
 
     guide_ckpt: Optional[str] = None
 
@@ -223,92 +216,3 @@ def check_sampler_guidance(sampler, guidance) -> None:
     if getattr(guidance, "renoise_with_uncond", False) and not getattr(sampler, "uses_eps", True):
         raise ValueError(f"{type(guidance).__name__} re-noises with the unconditional eps, which {sampler!r} "
                          "does not use: pick a DDIM, DDPM or Paper sampler")
-
-
-class GuidedDenoiser:
-    """Wraps a joint conditional/unconditional network into the `Denoiser` that samplers call.
-
-    The conditional and unconditional predictions come from one forward of batch 2B (`batched=True`) or from
-    two forwards of batch B. Where a step needs no guiding prediction (w = 0, outside a guidance interval) or
-    no label is given, only one forward of batch B runs. `guide_model` replaces the unconditional prediction by a
-    second network called with the same labels (autoguidance). `nfe` counts network evaluations per sample
-    since the last `reset()`.
-
-    autocast: run the network (only) under torch.autocast with this dtype, e.g. torch.bfloat16; the guidance
-    combination and the sampler's updates stay in the input's precision.
-
-    clip_x0: if set, the final x0 estimate is clipped to [-clip_x0, clip_x0] (the data range) and eps is shifted
-    so that x_t = alpha x0 + sigma eps still holds (static thresholding, Ho et al. 2020; Saharia et al. 2022).
-    Without it, an eps-prediction network's x0 = (x_t - sigma eps) / alpha amplifies errors by 1/alpha ~ 1e4
-    at the noisiest steps.
-    """
-
-    def __init__(
-        self,
-        model: ModelFn,
-        schedule: Schedule,
-        guidance: CFG,
-        null_label: int,
-        target: str = "eps",
-        batched: bool = True,
-        clip_x0: Optional[float] = None,
-        guide_model: Optional[ModelFn] = None,
-        autocast: Optional[torch.dtype] = None,
-    ):
-        self.model, self.schedule, self.guidance, self.guide_model = model, schedule, guidance, guide_model
-        self.autocast = autocast
-        self.null_label, self.target, self.batched = int(null_label), check_target(target), batched
-        if clip_x0 is not None and not clip_x0 > 0:
-            raise ValueError(f"clip_x0={clip_x0} must be > 0 or None")
-        self.clip_x0 = clip_x0
-        self.reset()
-
-    def reset(self) -> None:
-        self.nfe, self.state = 0, {}
-
-    def _predict(self, model: ModelFn, x: Tensor, t: Tensor, labels: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
-        with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            out = model(x, t, labels)
-        return to_prediction(out.float(), x, alpha, sigma, self.target)
-
-    takes_host_time = True  # samplers also pass t as a float (samplers.denoise)
-
-    def __call__(self, x: Tensor, t: Tensor, labels: Optional[Tensor], t_host: Optional[float] = None) -> Prediction:
-        """t: (B,) on x's device, all equal (samplers step all samples together); t_host: the same time as a
-        float, which spares time-dependent guidance a read of t from the device."""
-        alpha, sigma = self.schedule.alpha_sigma(t)  # once per step, shared by prediction, guidance and clipping
-        pred = self._guided(x, t, labels, alpha, sigma, t_host)
-        if self.clip_x0 is None:
-            return pred
-        x0 = pred.x0.clamp(-self.clip_x0, self.clip_x0)
-        return Prediction(x0, pred.eps + broadcast(alpha / sigma, x) * (pred.x0 - x0))
-
-    def _strength(self, t: Tensor, t_host: Optional[float]) -> float:
-        if type(self.guidance).strength is CFG.strength:
-            return self.guidance.w  # constant in time: t is not needed
-        t0 = float(t[0]) if t_host is None else t_host  # float(t[0]) waits for the device: callers should pass t_host
-        return self.guidance.strength(t0, float(self.schedule.log_snr(torch.tensor(t0, dtype=torch.float64))))
-
-    def _guided(self, x: Tensor, t: Tensor, labels: Optional[Tensor], alpha: Tensor, sigma: Tensor,
-                t_host: Optional[float]) -> Prediction:
-        null = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
-        if labels is None:
-            self.nfe += 1
-            return self._predict(self.model, x, t, null, alpha, sigma)
-        w = self._strength(t, t_host)
-        if not self.guidance.needs_uncond(w):
-            self.nfe += 1
-            return self._predict(self.model, x, t, labels, alpha, sigma)
-        self.nfe += 2
-        if self.guide_model is not None:
-            cond = self._predict(self.model, x, t, labels, alpha, sigma)
-            uncond = self._predict(self.guide_model, x, t, labels, alpha, sigma)
-        elif self.batched:
-            both = self._predict(self.model, torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]),
-                                 torch.cat([alpha, alpha]), torch.cat([sigma, sigma]))
-            cond = Prediction(*(p[: x.shape[0]] for p in both))
-            uncond = Prediction(*(p[x.shape[0] :] for p in both))
-        else:
-            cond = self._predict(self.model, x, t, labels, alpha, sigma)
-            uncond = self._predict(self.model, x, t, null, alpha, sigma)
-        return self.guidance.combine(cond, uncond, w, x, alpha, sigma, self.state)

@@ -1,4 +1,5 @@
-"""Samplers: short loops over any `Denoiser` (x_t, t, labels) -> Prediction(x0, eps) and a `Schedule`.
+"""Samplers: short loops over any `Denoiser` (x_t, t, labels) -> Prediction(x0, eps) and a `Schedule`; the
+denoiser gets the step's time t as a Python float (cfglab.diffusion.denoiser).
 
 All samplers walk a grid t_0 = 1 > t_1 > ... > t_N = 0, uniform in t, with one denoiser call per step, and
 return x at t = 0. Per-step coefficients are computed once, in float64, before the loop. With
@@ -20,10 +21,10 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from cfglab.diffusion.guidance import Denoiser
+from cfglab.diffusion.denoiser import Denoiser
 from cfglab.diffusion.schedules import Schedule
 
-__all__ = ["Sampler", "DDIM", "DDPM", "Paper", "DPMSolverPP2M", "time_grid", "denoise"]
+__all__ = ["Sampler", "DDIM", "DDPM", "Paper", "DPMSolverPP2M", "time_grid"]
 
 
 def time_grid(steps: int) -> Tensor:
@@ -31,16 +32,6 @@ def time_grid(steps: int) -> Tensor:
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps={steps} must be an integer >= 1")
     return torch.linspace(1.0, 0.0, int(steps) + 1, dtype=torch.float64)
-
-
-def denoise(denoiser: Denoiser, x: Tensor, t: float, labels: Optional[Tensor]):
-    """One denoiser call at time t for the whole batch: t goes to the device as a (B,) tensor, and also as a float
-    to denoisers that declare `takes_host_time` (GuidedDenoiser), so time-dependent guidance (intervals,
-    schedules) never reads t back from the device: no host synchronisation per step."""
-    t_dev = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-    if getattr(denoiser, "takes_host_time", False):
-        return denoiser(x, t_dev, labels, t_host=t)
-    return denoiser(x, t_dev, labels)
 
 
 class Sampler:
@@ -86,7 +77,7 @@ class _Ancestral(Sampler):
         c_eps, std = self._coefficients(sigma2[1:], post_var, fwd_var)
         alpha_s = alpha2[1:].sqrt()
         for i in range(self.steps):
-            pred = denoise(denoiser, x, float(ts[i]), labels)
+            pred = denoiser(x, float(ts[i]), labels)
             x = float(alpha_s[i]) * pred.x0 + float(c_eps[i]) * pred.eps
             if std[i] > 0 and i < self.steps - 1:  # no noise is added on the final step to t = 0
                 x = x + float(std[i]) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -153,7 +144,7 @@ class DPMSolverPP2M(Sampler):
         h = (lam[1:] - lam[:-1]) / 2
         x0_prev = None
         for i in range(self.steps):
-            x0 = denoise(denoiser, x, float(ts[i]), labels).x0
+            x0 = denoiser(x, float(ts[i]), labels).x0
             if x0_prev is None or i == self.steps - 1:
                 d = x0
             else:

@@ -10,13 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cfglab.diffusion.guidance import CFG, Autoguidance, GuidedDenoiser, check_sampler_guidance
-from cfglab.diffusion.samplers import Sampler
 from cfglab.diffusion.schedules import Schedule
 from cfglab.diffusion.targets import broadcast, check_target, training_target
-
-
-SAMPLE_PRECISION = {"32-true": None, "bf16-mixed": torch.bfloat16}
 
 
 def drop_labels(labels: Tensor, p_uncond: float, null_label: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -38,13 +33,10 @@ class CFGDiffusion(L.LightningModule):
 
     net: (x_t, t, labels) -> output for `target` ("eps" or "v"); labels in [0, num_classes], where
     num_classes is the null label. p_uncond: probability that a training label is dropped (paper: 0.1 or 0.2).
-    clip_x0: the data range; sampling clips x0 estimates to [-clip_x0, clip_x0] (None: no clipping).
-    seed: seeds the training noise of each batch (see `step_generator`).
-    sample_precision: "32-true", or "bf16-mixed" to run the network under bf16 autocast while sampling (the
-    guidance combination and sampler updates stay float32). Training precision is the trainer's `precision`.
-    compile: torch.compile the network in place at setup (state_dict keys unchanged); see BENCHMARKS.md.
-    batched_guidance: conditional and unconditional predictions from one forward of 2B (True) or two of B; see
-    BENCHMARKS.md for which is faster where.
+    seed: seeds the training noise of each batch (see `step_generator`). Training precision is the trainer's
+    `precision`. compile: torch.compile the network in place at setup (state_dict keys unchanged); see
+    BENCHMARKS.md. Sampling is `cfglab.diffusion.sampling.sample` over `sampling_args()`; how it samples
+    (clipping, precision, batching) is the `sampling` config group, not the model's.
     """
 
     def __init__(
@@ -58,10 +50,7 @@ class CFGDiffusion(L.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 200,
-        clip_x0: Optional[float] = 1.0,
-        batched_guidance: bool = True,
         seed: int = 0,
-        sample_precision: str = "32-true",
         compile: bool = False,
     ):
         super().__init__()
@@ -74,10 +63,7 @@ class CFGDiffusion(L.LightningModule):
         self.net, self.schedule = net, schedule
         self.num_classes, self.target, self.p_uncond = int(num_classes), check_target(target), float(p_uncond)
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), int(warmup_steps)
-        self.clip_x0, self.batched_guidance, self.seed = clip_x0, bool(batched_guidance), int(seed)
-        if sample_precision not in SAMPLE_PRECISION:
-            raise ValueError(f"sample_precision={sample_precision!r} must be one of {list(SAMPLE_PRECISION)}")
-        self.sample_precision, self.compile_net = sample_precision, bool(compile)
+        self.seed, self.compile_net = int(seed), bool(compile)
         self.build_config: Optional[dict] = None  # the config groups that rebuild this module (see cfglab.checkpoints)
 
     def setup(self, stage: str) -> None:
@@ -138,49 +124,6 @@ class CFGDiffusion(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def denoiser(self, guidance: CFG, batched: Optional[bool] = None) -> GuidedDenoiser:
-        batched = self.batched_guidance if batched is None else batched
-        guide_model = self._guide_net(guidance.guide_ckpt) if isinstance(guidance, Autoguidance) else None
-        return GuidedDenoiser(self.net, self.schedule, guidance, self.null_label, self.target, batched, self.clip_x0,
-                              guide_model, SAMPLE_PRECISION[self.sample_precision])
-
-    def _guide_net(self, ckpt: Optional[str]) -> nn.Module:
-        """The weaker network that autoguidance guides with, loaded once per path."""
-        if not ckpt:
-            raise ValueError("autoguidance needs guidance.guide_ckpt: the checkpoint of a weaker model")
-        cache = self.__dict__.setdefault("_guide_nets", {})
-        if ckpt not in cache:
-            from cfglab.checkpoints import load_module
-
-            _, guide = load_module(ckpt)
-            if guide.num_classes != self.num_classes or guide.target != self.target:
-                raise ValueError(f"guide_ckpt={ckpt!r} has num_classes={guide.num_classes}, target={guide.target!r}; "
-                                 f"this model has {self.num_classes}, {self.target!r}")
-            cache[ckpt] = guide.net.to(self.device).eval()
-        return cache[ckpt]
-
-    @torch.inference_mode()
-    def sample(
-        self,
-        labels: Tensor,
-        sampler: Sampler,
-        guidance: CFG,
-        generator: Optional[torch.Generator] = None,
-        batched: Optional[bool] = None,
-        denoiser: Optional[GuidedDenoiser] = None,
-    ) -> Tensor:
-        """Guided samples for `labels` (B,), float (B, *net.sample_shape), on the module's device.
-
-        Pass `denoiser` (from `self.denoiser(guidance)`) to read its network-evaluation count afterwards.
-        """
-        check_sampler_guidance(sampler, guidance)
-        net = self.net
-        shape = (labels.shape[0], *net.sample_shape)
-        noise = torch.randn(shape, generator=generator, device=self.device)
-        was_training = net.training
-        net.eval()
-        try:
-            denoiser = denoiser or self.denoiser(guidance, batched)
-            return sampler(denoiser, self.schedule, noise, labels.to(self.device), generator)
-        finally:
-            net.train(was_training)
+    def sampling_args(self) -> dict:
+        """What `cfglab.diffusion.sampling.sample` needs from this model: net, schedule, null_label, target."""
+        return {"net": self.net, "schedule": self.schedule, "null_label": self.null_label, "target": self.target}

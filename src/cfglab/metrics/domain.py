@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cfglab.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -98,10 +100,8 @@ def domain_classifier(datamodule, cache_dir: str | Path, epochs: int = 15, seed:
         raise ValueError("the domain classifier needs held-out images: set data.val_fraction > 0")
     log.info("training the domain classifier for %s (cached at %s)", key["data"], path)
     model, acc = train_classifier(splits["train"], splits["val"], datamodule.num_classes, epochs=epochs, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "config": model.config, "test_accuracy": acc, "key": key}, tmp)
-    tmp.replace(path)
+    blob = {"state_dict": model.state_dict(), "config": model.config, "test_accuracy": acc, "key": key}
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
     return path, acc
 
 

@@ -19,7 +19,8 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 
-from cfglab.data.base import to_uint8
+from cfglab.atomic import atomic_write
+from cfglab.images import to_uint8
 from cfglab.metrics.domain import cache_name, data_key, domain_classifier
 from cfglab.metrics.extractors import DOMAIN, DomainFeatureExtractor, check_inception_weights, inception
 
@@ -90,10 +91,7 @@ def reference_features(extractor, extractor_key: dict, datamodule, split: str, s
         return blob["features"], blob["logits"]
     real = images[:n]
     features, logits = extract(extractor, to_uint8(real) if real.ndim == 4 else real)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"features": features, "logits": logits, "key": key}, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save({"features": features, "logits": logits, "key": key}, tmp))
     return features, logits
 
 

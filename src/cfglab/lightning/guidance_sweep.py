@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from tqdm.auto import tqdm
 
+from cfglab.checkpoints import load_guide_net
 from cfglab.diffusion.guidance import CFG, check_sampler_guidance
 from cfglab.diffusion.samplers import DDIM, Sampler
+from cfglab.diffusion.sampling import SamplingSettings
 from cfglab.grids import save_samples
 from cfglab.lightning.preemption import stop_signal
-from cfglab.sweep import SweepRecord, balanced_labels, plot_tradeoff, run_points
-
-
-PAPER_WS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)  # close to Ho & Salimans 2022, Table 1
+from cfglab.sweep import METRICS, SweepRecord, SweepSettings, balanced_labels, plot_tradeoff, run_points, sweep_grid_path
 
 
 def sampling_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:
@@ -31,30 +29,27 @@ def sampling_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.Light
 
 
 class GuidanceSweep(L.Callback):
-    """Every `every_n_epochs` epochs (0: never) and at the end of fit, sample `num_samples` balanced-label images
-    at each w in `ws`, measure them with `metrics`, and write sweep.json / sweep.csv / tradeoff.png and one
-    sample grid per w to `out_dir` (default: the trainer's root dir). Metrics go to every logger as
-    `sweep/<metric>/w=<w>`, and W&B also gets a table and line plots.
+    """Every `every_n_epochs` epochs (0: never) and at the end of fit, run the guidance sweep `sweep` (its ws,
+    sample count, batch size, seed, grid size), measure each point with `metrics`, and write sweep.json /
+    sweep.csv / tradeoff.png and one sample grid per w to `out_dir` (default: the trainer's root dir). Metrics go
+    to every logger as `sweep/<metric>/w=<w>`, and W&B also gets a table and line plots.
 
     metrics: a callable datamodule -> FidelityMetrics (e.g. functools.partial(build_metrics, ...)), called once.
+    guidance: the method without its strength (a class or functools.partial), called as guidance(w=...).
+    sampling: how samples are computed (SamplingSettings), resolved for the model's device and data.
     """
 
-    def __init__(self, metrics: Callable, ws: Sequence[float] = PAPER_WS, num_samples: int = 1000,
-                 batch_size: int = 500, sampler: Optional[Sampler] = None, guidance: Optional[CFG] = None,
-                 every_n_epochs: int = 0, seed: int = 0, out_dir: Optional[str] = None, grid_per_class: int = 8):
-        if not ws:
-            raise ValueError("sweep ws is empty: give at least one guidance strength")
-        self.sampler, self.guidance = sampler or DDIM(steps=20), guidance or CFG()
-        for w in ws:  # the guidance method's own range check (e.g. w >= 0; CFG++ w <= 1) before any compute
-            dataclasses.replace(self.guidance, w=float(w))
-        check_sampler_guidance(self.sampler, self.guidance)
-        if num_samples < 1 or batch_size < 1:
-            raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
+    def __init__(self, metrics: Callable, sweep: Optional[SweepSettings] = None, sampler: Optional[Sampler] = None,
+                 guidance: Callable[..., CFG] = CFG, sampling: Optional[SamplingSettings] = None,
+                 every_n_epochs: int = 0, out_dir: Optional[str] = None):
+        self.sweep_settings, self.sampler, self.guidance = sweep or SweepSettings(), sampler or DDIM(steps=20), guidance
+        self.sampling = sampling or SamplingSettings()
+        for w in self.sweep_settings.ws:  # the method's own range check (e.g. CFG++ w <= 1) before any compute
+            check_sampler_guidance(self.sampler, guidance(w=w))
         if every_n_epochs < 0:
             raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 0")
-        self.metrics_factory, self.metrics = metrics, None
-        self.ws, self.num_samples, self.batch_size = [float(w) for w in ws], int(num_samples), int(batch_size)
-        self.every_n_epochs, self.seed, self.out_dir, self.grid_per_class = every_n_epochs, seed, out_dir, grid_per_class
+        self.metrics_factory, self.metrics, self.guide_net = metrics, None, None
+        self.every_n_epochs, self.out_dir = every_n_epochs, out_dir
         self.points: list[dict] = []
 
     def setup(self, trainer, pl_module, stage):
@@ -70,25 +65,28 @@ class GuidanceSweep(L.Callback):
             self.sweep(trainer, pl_module)
 
     def sweep(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:
-        rank, world = trainer.global_rank, trainer.world_size
+        rank, world, settings = trainer.global_rank, trainer.world_size, self.sweep_settings
         if self.metrics is None and rank == 0:
             self.metrics = self.metrics_factory(trainer.datamodule)
         module = sampling_module(trainer, pl_module)
+        if self.guide_net is None:
+            self.guide_net = load_guide_net(self.guidance(w=0.0), module)
+        sampling = self.sampling.resolve(module.device, trainer.datamodule.data_range)
         out_dir, step = Path(self.out_dir), trainer.global_step
-        bar = tqdm(total=self.num_samples * len(self.ws), desc=f"guidance sweep (step {step})", unit="img",
+        bar = tqdm(total=settings.num_samples * len(settings.ws), desc=f"guidance sweep (step {step})", unit="img",
                    disable=not trainer.progress_bar_callback or rank != 0, leave=False)
 
         def on_point(point, images):
             save_samples(images, balanced_labels(len(images), module.num_classes),
-                         out_dir / "sweep_grids" / f"step{step}_w{point['w']:g}.png", self.grid_per_class)
+                         sweep_grid_path(out_dir, step, point["w"]), settings.grid_per_class)
             metrics = {f"sweep/{k}/w={point['w']:g}": v for k, v in point.items() if isinstance(v, float) and k != "w"}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
 
         record = SweepRecord(out_dir)
         shard = (rank, world, partial(self._gather, trainer)) if world > 1 else None
-        points = run_points(module, self.ws, self.sampler, self.guidance, self.metrics, record, self.num_samples,
-                            self.batch_size, self.seed, step, on_point, bar.update, shard)
+        points = run_points(module, settings, self.sampler, self.guidance, sampling, self.metrics, record, step,
+                            on_point, bar.update, self.guide_net, shard)
         bar.close()
         if rank == 0:
             plot_tradeoff(record.points, out_dir / "tradeoff.png")
@@ -98,8 +96,8 @@ class GuidanceSweep(L.Callback):
 
     def _gather(self, trainer: L.Trainer, images: torch.Tensor) -> Optional[torch.Tensor]:
         """All ranks' shards (rank r holds batches r, r + W, ...), in batch order on rank 0; one collective call."""
-        world, bs = trainer.world_size, self.batch_size
-        n_batches = -(-self.num_samples // bs)
+        world, bs, n = trainer.world_size, self.sweep_settings.batch_size, self.sweep_settings.num_samples
+        n_batches = -(-n // bs)
         per_rank = -(-n_batches // world)
         padded = torch.zeros((per_rank * bs, *images.shape[1:]), dtype=images.dtype)
         padded[: len(images)] = images
@@ -109,7 +107,7 @@ class GuidanceSweep(L.Callback):
         batches = []
         for i in range(n_batches):
             r, j = i % world, i // world
-            size = min(bs, self.num_samples - i * bs)
+            size = min(bs, n - i * bs)
             batches.append(gathered[r, j * bs : j * bs + size])
         return torch.cat(batches)
 
@@ -122,7 +120,7 @@ class GuidanceSweep(L.Callback):
             return
         import wandb
 
-        cols = ["w", "fid", "is", "kid", "precision", "recall", "accuracy", "nfe"]
+        cols = ["w", *METRICS, "nfe"]
         table = wandb.Table(columns=cols, data=[[p.get(c) for c in cols] for p in points])
         payload = {
             "sweep/table": table,
@@ -133,7 +131,7 @@ class GuidanceSweep(L.Callback):
             "sweep/tradeoff": wandb.Image(str(out_dir / "tradeoff.png")),
         }
         for p in points:
-            grid = out_dir / "sweep_grids" / f"step{step}_w{p['w']:g}.png"
+            grid = sweep_grid_path(out_dir, step, p["w"])
             if grid.exists():
                 payload[f"sweep/samples/w={p['w']:g}"] = wandb.Image(str(grid))
         for lg in loggers:

@@ -13,7 +13,6 @@ configuration leaves nothing behind (and cannot overwrite the .hydra record of a
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 import math
 import sys
@@ -28,13 +27,49 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from cfglab.checkpoints import MOVED_MODULE_KEYS
 from cfglab.diffusion.guidance import check_sampler_guidance
 from cfglab.loggers import find_secrets
+from cfglab.sweep import ws_problems
 
-TRAIN_KEYS = {"data", "model", "schedule", "sampler", "guidance", "trainer", "logger", "callbacks", "metrics",
-              "seed", "ckpt_path", "module", "grids", "hydra"}
-EVALUATE_KEYS = {"sampler", "guidance", "metrics", "ckpt_path", "sweep", "hydra"}
+TRAIN_KEYS = {"data", "model", "schedule", "sampler", "guidance", "sampling", "sweep", "trainer", "logger",
+              "callbacks", "metrics", "seed", "ckpt_path", "module", "grids", "hydra"}
+EVALUATE_KEYS = {"sampler", "guidance", "sampling", "sweep", "metrics", "ckpt_path", "hydra"}
 HYDRA_ARGS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+SWEEP_KEYS = ("ws", "num_samples", "batch_size", "seed", "grid_per_class")
+_ABSENT = object()
+
+
+def moved_keys(job: str) -> dict[str, str]:
+    """Keys whose value would not be read, each with where that value is set instead."""
+    ws = "sweep.ws (the sweep) and grids.ws (the end-of-job grids)" if job == "train" else "sweep.ws"
+    moved = {"guidance.w": f"a guidance strength here would be ignored: the strengths are {ws}",
+             "sweep.w": "the sweep's guidance strengths are sweep.ws"}
+    moved |= {f"callbacks.sweep.{k}": f"the sweep settings are shared with evaluate.py: set sweep.{k}" for k in SWEEP_KEYS}
+    moved |= {f"module.{k}": f"a sampling setting, not a model one: set {new}" for k, new in MOVED_MODULE_KEYS.items()}
+    return moved
+
+
+def check_overrides(args: list[str], job: str) -> None:
+    """Refuse command-line overrides of keys whose value would not be read (e.g. guidance.w=3), naming where the
+    value belongs. Runs before Hydra composes the config, whose own error for such keys would not say that."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, moved, p = OverridesParser.create(), moved_keys(job), _Problems()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:
+            continue  # malformed: Hydra reports it
+        if override.key_or_group in moved:
+            p.add(override.key_or_group, f"{override.get_value_element_as_str()}: {moved[override.key_or_group]}")
+    try:
+        p.raise_if_any(job)
+    except ConfigError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 class ConfigError(ValueError):
@@ -49,10 +84,14 @@ class _Problems:
         if all(message != m for _, m in self.lines):  # interpolated nodes (${sampler}) repeat a complaint
             self.lines.append((key, message))
 
+    def reported(self, key: str) -> bool:
+        """Whether a problem of `key` or of a key inside it was recorded."""
+        return any(k == key or k.startswith(key + ".") or k.startswith(key + "[") for k, _ in self.lines)
+
     def build(self, key: str, fn: Callable[[], Any]) -> Any:
         """fn(), or None with the constructor's complaint recorded under `key` (skipped when one of the
         node's own keys was already reported as unknown)."""
-        if any(k.startswith(key + ".") for k, _ in self.lines):
+        if any(k.startswith(key + ".") or k.startswith(key + "[") for k, _ in self.lines):
             return None
         try:
             return fn()
@@ -71,11 +110,9 @@ class _Problems:
 def check_train_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of a train.py config."""
     p = _Problems()
-    _check_top_level(cfg, TRAIN_KEYS, p)
+    _check_top_level(cfg, TRAIN_KEYS, "train", p)
     _check_arguments(cfg, "", p)
     data = p.build("data", lambda: instantiate(cfg.data))
-    sampler = p.build("sampler", lambda: instantiate(cfg.sampler))
-    guidance = p.build("guidance", lambda: instantiate(cfg.guidance))
     schedule = p.build("schedule", lambda: instantiate(cfg.schedule))
     if data is not None:
         shape = {"image_size": data.image_size, "in_channels": data.channels, "num_classes": data.num_classes}
@@ -87,11 +124,10 @@ def check_train_config(cfg: DictConfig) -> None:
         if net is not None and schedule is not None:
             p.build("module", lambda: instantiate(cfg.module, net=net, schedule=schedule, num_classes=data.num_classes))
         _check_metrics(cfg.metrics, "metrics", data, p)
-    if sampler is not None and guidance is not None:
-        _check_guidance_grid(cfg.grids.ws, "grids.ws", guidance, p)
-        p.build("sampler", lambda: check_sampler_guidance(sampler, guidance))
+    _check_sampling(cfg, p)
+    _check_guidance_grid(cfg, "grids.ws", p, allow_empty=True)
     for name, node in (cfg.callbacks or {}).items():
-        if node is not None:
+        if node is not None and not _depends_on_reported(node, p):
             p.build(f"callbacks.{name}", lambda node=node: instantiate(node))
     _positive(cfg.grids, "grids", ("per_class",), p)
     _check_trainer(cfg.trainer, p)
@@ -103,24 +139,40 @@ def check_train_config(cfg: DictConfig) -> None:
 def check_evaluate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of an evaluate.py config."""
     p = _Problems()
-    _check_top_level(cfg, EVALUATE_KEYS, p)
+    _check_top_level(cfg, EVALUATE_KEYS, "evaluate", p)
     _check_arguments(cfg, "", p)
     if cfg.ckpt_path is None or not Path(cfg.ckpt_path).is_file():
         p.add("ckpt_path", f"{cfg.ckpt_path!r} is not a file")
-    sampler = p.build("sampler", lambda: instantiate(cfg.sampler))
-    guidance = p.build("guidance", lambda: instantiate(cfg.guidance))
-    if sampler is not None and guidance is not None:
-        _check_guidance_grid(cfg.sweep.w, "sweep.w", guidance, p)
-        p.build("sampler", lambda: check_sampler_guidance(sampler, guidance))
+    _check_sampling(cfg, p)
     _check_metrics(cfg.metrics, "metrics", None, p)
-    _positive(cfg.sweep, "sweep", ("num_samples", "batch_size", "grid_per_class"), p)
     p.raise_if_any("evaluate")
 
 
-def _check_top_level(cfg: DictConfig, known: set, p: _Problems) -> None:
+def _check_sampling(cfg: DictConfig, p: _Problems) -> None:
+    """The groups every sampling job has: sampler, guidance (at every w of the sweep), sampling, sweep."""
+    sampler = p.build("sampler", lambda: instantiate(cfg.sampler))
+    guidance = p.build("guidance", lambda: instantiate(cfg.guidance)(w=0.0))
+    if sampler is not None and guidance is not None:
+        p.build("sampler", lambda: check_sampler_guidance(sampler, guidance))
+    p.build("sampling", lambda: instantiate(cfg.sampling))
+    _check_guidance_grid(cfg, "sweep.ws", p)
+    p.build("sweep", lambda: instantiate(cfg.sweep))
+
+
+def _depends_on_reported(node: DictConfig, p: _Problems) -> bool:
+    """Whether a node interpolates a group (${sweep}) whose problems were already reported."""
+    refs = [str(node._get_node(k)._value()) for k in node.keys()]
+    return any(p.reported(r[2:-1]) for r in refs if r.startswith("${") and r.endswith("}"))
+
+
+def _check_top_level(cfg: DictConfig, known: set, job: str, p: _Problems) -> None:
     for key in find_secrets(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)):
         p.add(key, "looks like a credential: configs are saved and logged, so set it in the environment "
                    "(e.g. WANDB_API_KEY) and not in the config")
+    for key, where in moved_keys(job).items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if value is not _ABSENT:
+            p.add(key, f"{value!r}: {where}")
     for key in set(cfg.keys()) - known:
         p.add(key, f"unknown key (value {OmegaConf.select(cfg, key)!r}); known keys: {sorted(known - {'hydra'})}")
 
@@ -146,6 +198,8 @@ def _check_arguments(node: Any, path: str, p: _Problems) -> None:
     if accepted is None:
         return  # forwards keywords to something unknown: its constructor rejects unknown ones
     for key in set(node.keys()) - accepted - HYDRA_ARGS:
+        if p.reported(f"{path}.{key}"):  # a moved key, already named with where it belongs
+            continue
         p.add(f"{path}.{key}", f"unknown key (value {node._get_node(key)._value()!r}) for {node._target_}; "
                                f"accepted: {sorted(accepted)}")
 
@@ -168,16 +222,16 @@ def _accepted_arguments(target) -> set[str] | None:
     return None
 
 
-def _check_guidance_grid(ws: Any, key: str, guidance, p: _Problems) -> None:
-    """Each w must be a valid strength for the chosen guidance method (e.g. CFG++ needs w <= 1)."""
-    ws = list(ws or [])
-    for i, w in enumerate(ws):
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
-            p.add(f"{key}[{i}]", f"{w!r} is not a number")
-        else:
-            p.build(f"{key}[{i}]", lambda w=w: dataclasses.replace(guidance, w=float(w)))
-    if len(set(ws)) != len(ws):
-        p.add(key, f"{ws} repeats a value")
+def _check_guidance_grid(cfg: DictConfig, key: str, p: _Problems, allow_empty: bool = False) -> None:
+    """The list at `key` must hold distinct numbers, each a valid strength of the chosen guidance method (e.g.
+    CFG++ needs w <= 1)."""
+    ws = OmegaConf.select(cfg, key)
+    problems = ws_problems(ws, allow_empty)
+    for index, message in problems:
+        p.add(key + index, message)
+    guidance = None if problems else p.build("guidance", lambda: instantiate(cfg.guidance))
+    for i, w in enumerate(ws if guidance is not None else []):
+        p.build(f"{key}[{i}]", lambda w=w: guidance(w=float(w)))
 
 
 def _check_metrics(node: DictConfig, key: str, data, p: _Problems) -> None:

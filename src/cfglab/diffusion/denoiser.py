@@ -1,0 +1,106 @@
+"""The guided denoiser: a joint conditional/unconditional network and a guidance method, as samplers call it.
+
+Contract between samplers and denoisers: a `Denoiser` is called as `denoiser(x_t, t, labels)` with t a Python
+float (all samples of a batch step together) and returns `Prediction(x0, eps)`. The denoiser builds whatever
+device tensor of t its network needs, so time-dependent guidance (intervals, schedules) reads the time from the
+float and sampling never waits on the device between steps.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.schedules import Schedule
+from cfglab.diffusion.targets import Prediction, broadcast, check_target, to_prediction
+
+ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""A network: (x_t of shape (B, ...), t of shape (B,) in [0, 1], labels of shape (B,) int64) -> output like x_t."""
+
+Denoiser = Callable[[Tensor, float, Optional[Tensor]], Prediction]
+"""What samplers call: (x_t (B, ...), t in [0, 1] as a float, labels (B,) or None) -> Prediction(x0, eps)."""
+
+
+class GuidedDenoiser:
+    """Wraps a joint conditional/unconditional network into the `Denoiser` that samplers call.
+
+    The conditional and unconditional predictions come from one forward of batch 2B (`batched=True`) or from
+    two forwards of batch B. Where a step needs no guiding prediction (w = 0, outside a guidance interval) or
+    no label is given, only one forward of batch B runs. `guide_model` replaces the unconditional prediction by a
+    second network called with the same labels (autoguidance). `nfe` counts network evaluations per sample
+    since the last `reset()`.
+
+    autocast: run the network (only) under torch.autocast with this dtype, e.g. torch.bfloat16; the guidance
+    combination and the sampler's updates stay in the input's precision.
+
+    clip_x0: if set, the final x0 estimate is clipped to [-clip_x0, clip_x0] (the data range) and eps is shifted
+    so that x_t = alpha x0 + sigma eps still holds (static thresholding, Ho et al. 2020; Saharia et al. 2022).
+    Without it, an eps-prediction network's x0 = (x_t - sigma eps) / alpha amplifies errors by 1/alpha ~ 1e4
+    at the noisiest steps.
+    """
+
+    def __init__(
+        self,
+        model: ModelFn,
+        schedule: Schedule,
+        guidance: CFG,
+        null_label: int,
+        target: str = "eps",
+        batched: bool = True,
+        clip_x0: Optional[float] = None,
+        guide_model: Optional[ModelFn] = None,
+        autocast: Optional[torch.dtype] = None,
+    ):
+        self.model, self.schedule, self.guidance, self.guide_model = model, schedule, guidance, guide_model
+        self.autocast = autocast
+        self.null_label, self.target, self.batched = int(null_label), check_target(target), bool(batched)
+        if clip_x0 is not None and not clip_x0 > 0:
+            raise ValueError(f"clip_x0={clip_x0} must be > 0 or None")
+        self.clip_x0 = clip_x0
+        self.reset()
+
+    def reset(self) -> None:
+        self.nfe, self.state = 0, {}
+
+    def _predict(self, model: ModelFn, x: Tensor, t: Tensor, labels: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
+        with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            out = model(x, t, labels)
+        return to_prediction(out.float(), x, alpha, sigma, self.target)
+
+    def __call__(self, x: Tensor, t: float, labels: Optional[Tensor]) -> Prediction:
+        """x: (B, ...); t: the step's time as a float; labels: (B,) int64 or None (unconditional)."""
+        t_dev = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        alpha, sigma = self.schedule.alpha_sigma(t_dev)  # once per step, shared by prediction, guidance, clipping
+        pred = self._guided(x, t, t_dev, labels, alpha, sigma)
+        if self.clip_x0 is None:
+            return pred
+        x0 = pred.x0.clamp(-self.clip_x0, self.clip_x0)
+        return Prediction(x0, pred.eps + broadcast(alpha / sigma, x) * (pred.x0 - x0))
+
+    def _guided(self, x: Tensor, t: float, t_dev: Tensor, labels: Optional[Tensor], alpha: Tensor,
+                sigma: Tensor) -> Prediction:
+        null = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
+        if labels is None:
+            self.nfe += 1
+            return self._predict(self.model, x, t_dev, null, alpha, sigma)
+        log_snr = float(self.schedule.log_snr(torch.tensor(t, dtype=torch.float64)))  # on the host: no device read
+        w = self.guidance.strength(t, log_snr)
+        if not self.guidance.needs_uncond(w):
+            self.nfe += 1
+            return self._predict(self.model, x, t_dev, labels, alpha, sigma)
+        self.nfe += 2
+        if self.guide_model is not None:
+            cond = self._predict(self.model, x, t_dev, labels, alpha, sigma)
+            uncond = self._predict(self.guide_model, x, t_dev, labels, alpha, sigma)
+        elif self.batched:
+            both = self._predict(self.model, torch.cat([x, x]), torch.cat([t_dev, t_dev]), torch.cat([labels, null]),
+                                 torch.cat([alpha, alpha]), torch.cat([sigma, sigma]))
+            cond = Prediction(*(p[: x.shape[0]] for p in both))
+            uncond = Prediction(*(p[x.shape[0] :] for p in both))
+        else:
+            cond = self._predict(self.model, x, t_dev, labels, alpha, sigma)
+            uncond = self._predict(self.model, x, t_dev, null, alpha, sigma)
+        return self.guidance.combine(cond, uncond, w, x, alpha, sigma, self.state)

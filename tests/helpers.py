@@ -1,0 +1,89 @@
+"""Helpers shared by the tests: paths, small models, toy networks, composed configs and data fixtures."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from cfglab.diffusion.sampling import sample
+from cfglab.diffusion.schedules import Cosine
+from cfglab.diffusion.targets import Prediction, broadcast
+from cfglab.lightning.module import CFGDiffusion
+from cfglab.models.unet import UNet
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def small_module(**kw) -> CFGDiffusion:
+    """An untrained 8x8 digits-shaped model, fast enough for unit tests."""
+    net = UNet(image_size=8, in_channels=1, num_classes=10, base_channels=16, channel_mult=(1, 2), num_res_blocks=1)
+    return CFGDiffusion(net, Cosine(), num_classes=10, **kw)
+
+
+def sample_module(module, labels, sampler, guidance, generator=None, **settings):
+    """`sample` on a CFGDiffusion's network, clipping x0 to the image range [-1, 1] unless told otherwise."""
+    settings = {"clip_x0": 1.0, **settings}
+    images, _ = sample(sampler=sampler, guidance=guidance, labels=labels, generator=generator,
+                       **module.sampling_args(), **settings)
+    return images
+
+
+class Recorder:
+    """A toy net whose output depends on the label; records the batch sizes and labels it was called with."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, t, labels):
+        self.calls.append(labels.clone())
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return torch.tanh(x) * (1 + labels.float().view(shape)) + t.view(shape)
+
+
+def gaussian_denoiser(schedule, mean: float, std: float):
+    """Exact denoiser for data x0 ~ N(mean, std^2 I): E[x0 | x_t] in closed form; t is a float, as samplers give it."""
+
+    def denoise(x, t, labels=None):
+        tt = torch.full((x.shape[0],), t, dtype=torch.float64)
+        alpha, sigma = (broadcast(v, x) for v in schedule.alpha_sigma(tt))
+        x0 = mean + alpha * std**2 / (alpha**2 * std**2 + sigma**2) * (x - alpha * mean)
+        return Prediction(x0=x0, eps=(x - alpha * x0) / sigma)
+
+    return denoise
+
+
+def composed(config_name, overrides, run_dir):
+    """A train/evaluate config composed as Hydra would, with the run directory set (no hydra node)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    return cfg
+
+
+def write_idx(path, array: np.ndarray, gz: bool):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open(path, "wb") if gz else open(path, "wb")).write(data)
+
+
+def make_mnist(folder, prefix, n=40, gz=True):
+    """Random 28x28 IDX image and label files named like MNIST's, in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = np.arange(n, dtype=np.uint8) % 10
+    sfx = ".gz" if gz else ""
+    write_idx(folder / f"{prefix}-images-idx3-ubyte{sfx}", images, gz)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte{sfx}", labels, gz)
+    return images, labels

@@ -1,0 +1,121 @@
+"""The sampling functions every caller uses, their settings, old checkpoints, and the package's import graph."""
+
+import ast
+import logging
+import re
+
+import pytest
+import torch
+
+from cfglab.build import build
+from cfglab.checkpoints import load_module
+from cfglab.diffusion.denoiser import GuidedDenoiser
+from cfglab.diffusion.guidance import CFG, GuidanceInterval
+from cfglab.diffusion.samplers import DDIM, DDPM
+from cfglab.diffusion.sampling import SamplingSettings, sample, sample_batches
+from cfglab.images import to_uint8
+from helpers import ROOT, composed, small_module
+
+
+def test_sample_is_the_sampler_over_the_guided_denoiser_from_seeded_noise():
+    """sample() adds nothing of its own: noise from the generator, then the sampler over GuidedDenoiser."""
+    module = small_module()
+    labels, guidance = torch.arange(6), GuidanceInterval(w=2.0, sigma_lo=0.5, sigma_hi=3.0)
+    out, nfe = sample(sampler=DDPM(steps=8), guidance=guidance, labels=labels, clip_x0=1.0, batched=False,
+                      generator=torch.Generator().manual_seed(4), **module.sampling_args())
+    g = torch.Generator().manual_seed(4)
+    noise = torch.randn(6, 1, 8, 8, generator=g)
+    den = GuidedDenoiser(module.net.eval(), module.schedule, guidance, null_label=10, clip_x0=1.0, batched=False)
+    with torch.inference_mode():
+        ref = DDPM(steps=8)(den, module.schedule, noise, labels, g)
+    assert torch.equal(out, ref) and nfe == den.nfe and 8 < nfe < 16
+
+
+def test_sample_leaves_the_network_in_its_training_mode():
+    module = small_module()
+    module.net.train()
+    sample(sampler=DDIM(steps=2), guidance=CFG(w=1.0), labels=torch.arange(2), **module.sampling_args())
+    assert module.net.training
+
+
+def test_sharded_batches_put_together_equal_one_process():
+    module, labels = small_module(), torch.arange(23) % 10
+    kw = dict(sampler=DDIM(steps=3, eta=1.0), guidance=CFG(w=1.5), labels=labels, batch_size=5, seed=7,
+              clip_x0=1.0, **module.sampling_args())
+    whole, nfe = sample_batches(**kw)
+    shards = [sample_batches(**kw, rank=r, world=2)[0] for r in range(2)]
+    assert whole.dtype == torch.uint8 and whole.shape == (23, 1, 8, 8) and nfe == 6
+    # rank r holds batches r, r + 2, ...: interleave them back in batch order
+    batches = [shards[i % 2][5 * (i // 2): 5 * (i // 2) + 5] for i in range(5)]
+    assert torch.equal(torch.cat(batches), whole)
+    # batch i does not depend on what ran before it
+    g = torch.Generator().manual_seed(7 * 1_000_003 + 1)
+    x, _ = sample(sampler=kw["sampler"], guidance=kw["guidance"], labels=labels[5:10], generator=g, clip_x0=1.0,
+                  **module.sampling_args())
+    assert torch.equal(to_uint8(x), whole[5:10])
+
+
+def test_settings_resolve_for_the_device_and_the_data():
+    auto = SamplingSettings()
+    assert auto.resolve("cpu", 1.0) == {"clip_x0": 1.0, "batched": False, "autocast": None}
+    assert auto.resolve("cuda", None) == {"clip_x0": None, "batched": True, "autocast": None}
+    fixed = SamplingSettings(clip_x0=None, precision="bf16-mixed", batched=True)
+    assert fixed.resolve("cpu", 1.0) == {"clip_x0": None, "batched": True, "autocast": torch.bfloat16}
+
+
+@pytest.mark.parametrize("bad, match", [(dict(clip_x0=0), "clip_x0=0"), (dict(clip_x0="all"), "clip_x0='all'"),
+                                        (dict(precision="16"), "precision='16'"), (dict(batched="yes"), "batched")])
+def test_bad_settings_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingSettings(**bad)
+
+
+def test_a_checkpoint_with_sampling_settings_in_the_model_still_loads(tmp_path, caplog):
+    """Checkpoints written before the `sampling` group kept clip_x0, batched_guidance and sample_precision under
+    module: they load, and the old values are named once and not used."""
+    cfg = composed("config", ["model.base_channels=16"], tmp_path)
+    _, module = build(cfg)
+    config = dict(module.build_config)
+    config["module"] = {**config["module"], "clip_x0": 1.0, "batched_guidance": True, "sample_precision": "32-true"}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": module.state_dict(), "cfglab_config": config, "global_step": 7}, path)
+    with caplog.at_level(logging.WARNING, logger="cfglab.checkpoints"):
+        _, loaded = load_module(path)
+    assert loaded.checkpoint_step == 7
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), module.state_dict().values()))
+    text = caplog.text
+    assert "module.batched_guidance=True" in text and "sampling.batched" in text and "sampling.clip_x0" in text
+
+
+def test_the_readme_sampling_example_runs():
+    text = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "sample_batches" in b)
+    module = small_module()
+    scope = {"net": module.net}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["x0"].shape == (16, 1, 8, 8) and scope["nfe"] == 100
+    assert scope["images"].shape == (100, 1, 8, 8) and scope["images"].dtype == torch.uint8
+
+
+def cfglab_imports(path):
+    """Modules of cfglab (and the top-level third-party packages) that a source file imports."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_import_graph_has_no_edge_back_up_and_the_diffusion_core_is_plain_pytorch():
+    src = ROOT / "src" / "cfglab"
+    jobs = {"cfglab.train", "cfglab.evaluate"}
+    for path in src.rglob("*.py"):
+        names = cfglab_imports(path)
+        assert not names & jobs, f"{path.relative_to(src)} imports a job module: {names & jobs}"
+        if path.parent.name == "diffusion":
+            outside = {n for n in names if n.split(".")[0] not in ("torch", "__future__", "math", "dataclasses",
+                                                                    "typing")}
+            assert all(n.startswith("cfglab.diffusion") or n == "cfglab.images" for n in outside), (path.name, outside)
