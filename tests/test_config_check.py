@@ -52,8 +52,8 @@ BAD_TRAIN = [
     (["ckpt_path=/nonexistent/last.ckpt"], ["ckpt_path", "/nonexistent/last.ckpt"]),
     (["guidance=cfgpp", "sampler=dpmpp_2m", "sweep.ws=[0,0.5]", "grids.ws=[0]"], ["sampler", "CFGPlusPlus"]),
     (["+guidance.w=3"], ["guidance.w", "3", "sweep.ws", "grids.ws"]),
-    (["+sweep.ws=[0,1]"], ["callbacks.sweep.ws", "sweep.ws"]),
-    (["+sampling.clip_x0=null"], ["module.clip_x0", "sampling.clip_x0"]),
+    (["+callbacks.sweep.ws=[0,1]"], ["callbacks.sweep.ws", "sweep.ws"]),
+    (["+module.clip_x0=null"], ["module.clip_x0", "sampling.clip_x0"]),
     (["guidance=interval", "guidance.sigma_lo=5", "guidance.sigma_hi=1"], ["guidance", "sigma_lo=5"]),
     (["callbacks.ema.decay=1.0"], ["callbacks.ema", "decay=1.0"]),
     (["schedule.s=-1"], ["schedule", "s=-1"]),
@@ -143,9 +143,10 @@ def test_evaluate_py_refuses_before_hydra_writes_anything(tmp_path):
 
 @pytest.mark.parametrize("script, override, expected", [
     ("train.py", "guidance.w=3", ["guidance.w: 3", "sweep.ws", "grids.ws"]),
-    ("train.py", "sweep.ws=[0,1]", ["callbacks.sweep.ws", "set sweep.ws"]),
-    ("train.py", "sampling.batched=false", ["module.batched_guidance", "sampling.batched"]),
-    ("evaluate.py", "sweep.ws=[0,1]", ["sweep.w: [0,1]", "sweep.ws"]),
+    ("train.py", "callbacks.sweep.ws=[0,1]", ["callbacks.sweep.ws", "set sweep.ws"]),
+    ("train.py", "module.batched_guidance=false", ["module.batched_guidance", "sampling.batched"]),
+    ("evaluate.py", "sweep.w=[0,1]", ["sweep.w: [0,1]", "sweep.ws"]),
+    ("generate.py", "guidance.w=2", ["guidance.w: 2", "the strengths are ws"]),
     ("evaluate.py", "guidance.w=2", ["guidance.w: 2", "sweep.ws"]),
     ("evaluate.py", "+guidance.w=2", ["guidance.w: 2", "sweep.ws"]),
 ])
@@ -154,7 +155,7 @@ def test_a_w_that_would_be_ignored_is_refused_naming_where_it_belongs(script, ov
     value belongs; both scripts refuse it before Hydra composes anything."""
     run_dir = tmp_path / "run"
     proc = run_script(script, f"hydra.run.dir={run_dir}", "ckpt_path=null" if script == "train.py" else
-                      f"ckpt_path={tmp_path / 'x.ckpt'}", override)
+                      f"ckpt_path={tmp_path / 'x.ckpt'}", override)  # refused before the missing file matters
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert all(s in proc.stderr for s in expected), proc.stderr
     assert "Traceback" not in proc.stderr and not run_dir.exists()

@@ -71,3 +71,40 @@ def test_train_py_on_the_gpu_trains_sweeps_and_checkpoints(tmp_path):
     _, module = load_module(run / "checkpoints" / "last.ckpt")
     assert module.checkpoint_step == 40
     assert (run / "sweep.json").is_file() and (run / "samples_w1.png").is_file()
+
+
+def test_evaluate_and_generate_on_the_gpu_agree_with_the_cpu(tmp_path):
+    """The same checkpoint, seeds and settings give the same samples (deterministic DDIM from noise drawn on the
+    CPU) and so the same metrics on either device, up to float rounding."""
+    import json
+    import os
+
+    import numpy as np
+
+    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache"), "NVIDIA_TF32_OVERRIDE": "0"}  # full fp32 on the GPU
+    run = lambda script, *args: subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, timeout=600,  # noqa: E731
+                                               capture_output=True, text=True)
+    train = run("train.py", f"hydra.run.dir={tmp_path / 'train'}", "trainer.max_steps=200", "~callbacks.sweep",
+                "grids.ws=[0]", "grids.per_class=1", "logger=none", "trainer.enable_progress_bar=false")
+    assert train.returncode == 0, train.stderr[-3000:]
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    points, arrays = {}, {}
+    for dev in ("cpu", "cuda"):
+        ev = run("evaluate.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / dev / 'eval'}", f"device={dev}",
+                 "sweep.ws=[0,2]", "sweep.num_samples=500", "sampler.steps=20", "sampling.batched=true")
+        assert ev.returncode == 0, ev.stderr[-3000:]
+        points[dev] = json.loads((tmp_path / dev / "eval" / "sweep.json").read_text())["points"]
+        gen = run("generate.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / dev / 'gen'}", f"device={dev}",
+                  "ws=[2]", "num_samples=500", "sampler.steps=20", "sampling.batched=true")
+        assert gen.returncode == 0, gen.stderr[-3000:]
+        arrays[dev] = np.load(tmp_path / dev / "gen" / "w2" / "samples.npz")["arr_0"].astype(int)
+        assert json.loads((tmp_path / dev / "eval" / "stamp.json").read_text())["device"].startswith(dev)
+    diff = np.abs(arrays["cuda"] - arrays["cpu"])
+    print(f"generate: pixels differing {np.mean(diff > 0):.4f}, by more than 2 levels {np.mean(diff > 2):.5f}")
+    assert np.mean(diff > 2) < 0.01
+    for cpu, gpu in zip(points["cpu"], points["cuda"]):
+        print({k: (cpu[k], gpu[k]) for k in ("w", "fid", "is", "precision", "recall", "accuracy")})
+        assert gpu["fid"] == pytest.approx(cpu["fid"], rel=0.05, abs=0.2)
+        assert gpu["is"] == pytest.approx(cpu["is"], rel=0.02)
+        for k in ("precision", "recall", "accuracy"):
+            assert gpu[k] == pytest.approx(cpu[k], abs=0.02)

@@ -26,6 +26,26 @@ def run_train(run_dir, *overrides):
     return proc
 
 
+def test_debug_preset_runs_the_whole_job_small_and_reports_it(tmp_path):
+    """experiment=debug: train, checkpoint, sweep and grids end to end; the run says what it measured and what
+    produced it."""
+    proc = run_train(tmp_path, "experiment=debug")
+    points = json.loads((tmp_path / "sweep.json").read_text())["points"]
+    assert [(p["step"], p["w"], p["num_samples"]) for p in points] == [(10, 0.0, 50), (10, 1.0, 50)]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    out = proc.stdout + proc.stderr
+    assert "sweep point done: step=10  w=1" in out  # one line per point, with progress bars off
+    assert "domain classifier: step 0 of" in out
+    table = proc.stdout[proc.stdout.index("guidance sweep at step 10"):]
+    assert all(c in table for c in ("fid", "precision", "recall", "accuracy", "nfe"))
+    assert f"{tmp_path / 'sweep.csv'}" in table and f"{tmp_path / 'tradeoff.png'}" in table
+    stamp = json.loads((tmp_path / "stamp.json").read_text())
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert stamp["git_commit"] == head and stamp["lightning"] and stamp["device"].startswith("cpu")
+    logged = next((tmp_path / "csv").rglob("hparams.yaml")).read_text()
+    assert "git_commit" in logged  # the loggers' config holds the stamp too
+
+
 def test_short_run_writes_grids_checkpoint_and_logs(tmp_path):
     proc = run_train(tmp_path, "trainer.max_steps=12", "sampler.steps=3", "grids.per_class=2",
                      "callbacks.checkpoint.every_n_train_steps=5", "trainer.log_every_n_steps=4",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Optional
 
@@ -20,9 +21,11 @@ MOVED_MODULE_KEYS = {"clip_x0": "sampling.clip_x0", "batched_guidance": "samplin
                      "sample_precision": "sampling.precision"}
 
 
-def load_module(ckpt_path: str | Path, map_location: str = "cpu"):
+def load_module(ckpt_path: str | Path, map_location: str = "cpu", data: Optional[dict] = None):
     """Rebuild (data module, CFGDiffusion) from the config stored in the checkpoint and load its weights.
 
+    data: settings that replace the checkpoint's own data settings, e.g. {"data_dir": ...} for a checkpoint
+    trained on another machine; each must be a setting the stored data config has.
     The checkpoint's `state_dict` holds the EMA weights when training used EMAWeightAveraging; the module's
     `checkpoint_step` is the training step the checkpoint was written at.
     Loading uses `weights_only=True`: a checkpoint that needs arbitrary code to unpickle is refused.
@@ -31,19 +34,44 @@ def load_module(ckpt_path: str | Path, map_location: str = "cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(path)!r} does not exist")
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if "cfglab_config" not in ckpt:
-        raise ValueError(f"ckpt_path={str(path)!r} has no 'cfglab_config': not a checkpoint written by cfglab's train.py")
-    config = ckpt["cfglab_config"]
+    config = _config_of(ckpt, path)
     moved = {k: config["module"].pop(k) for k in list(config.get("module", {})) if k in MOVED_MODULE_KEYS}
     if moved:
         log.warning("%s was written by an older cfglab that kept sampling settings in the model (%s); they are not "
                     "used: sampling follows the `sampling` config group (%s)", path,
                     ", ".join(f"module.{k}={v!r}" for k, v in moved.items()),
                     ", ".join(MOVED_MODULE_KEYS[k] for k in moved))
+    config["data"] = data_config(config, data)
     datamodule, module = build(OmegaConf.create(config))
     module.load_state_dict(ckpt["state_dict"])
     module.checkpoint_step = int(ckpt.get("global_step", 0))
     return datamodule, module.eval()
+
+
+def stored_config(ckpt_path: str | Path) -> dict:
+    """The cfglab config a checkpoint was written with, read without loading its weights into memory."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"ckpt_path={str(ckpt_path)!r} cannot be read as a checkpoint ({str(e).splitlines()[0]})") from e
+    return _config_of(ckpt, ckpt_path)
+
+
+def _config_of(ckpt: dict, path: str | Path) -> dict:
+    if "cfglab_config" not in ckpt:
+        raise ValueError(f"ckpt_path={str(path)!r} has no 'cfglab_config': not a checkpoint written by cfglab's train.py")
+    return ckpt["cfglab_config"]
+
+
+def data_config(config: dict, data: Optional[dict]) -> dict:
+    """The checkpoint's data settings with the non-null values of `data` replacing some of them; each must be one
+    it has."""
+    data = {k: v for k, v in (data or {}).items() if v is not None}
+    unknown = sorted(set(data) - set(config["data"]))
+    if unknown:
+        raise ValueError(f"data.{unknown[0]}: not a setting of this checkpoint's data ({config['data']['_target_']}); "
+                         f"it has {sorted(k for k in config['data'] if not k.startswith('_'))}")
+    return {**config["data"], **data}
 
 
 def load_guide_net(guidance: CFG, module) -> Optional[nn.Module]:

@@ -27,14 +27,17 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from cfglab.checkpoints import MOVED_MODULE_KEYS
+from cfglab.checkpoints import MOVED_MODULE_KEYS, data_config, stored_config
+from cfglab.devices import cuda_unavailable_reason, resolve_device
 from cfglab.diffusion.guidance import check_sampler_guidance
 from cfglab.loggers import find_secrets
 from cfglab.sweep import ws_problems
 
 TRAIN_KEYS = {"data", "model", "schedule", "sampler", "guidance", "sampling", "sweep", "trainer", "logger",
               "callbacks", "metrics", "seed", "ckpt_path", "module", "grids", "hydra"}
-EVALUATE_KEYS = {"sampler", "guidance", "sampling", "sweep", "metrics", "ckpt_path", "hydra"}
+EVALUATE_KEYS = {"sampler", "guidance", "sampling", "sweep", "metrics", "ckpt_path", "device", "data", "hydra"}
+GENERATE_KEYS = {"sampler", "guidance", "sampling", "ckpt_path", "ws", "labels", "num_samples", "batch_size", "seed",
+                 "device", "png", "data", "hydra"}
 HYDRA_ARGS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 SWEEP_KEYS = ("ws", "num_samples", "batch_size", "seed", "grid_per_class")
 _ABSENT = object()
@@ -42,7 +45,8 @@ _ABSENT = object()
 
 def moved_keys(job: str) -> dict[str, str]:
     """Keys whose value would not be read, each with where that value is set instead."""
-    ws = "sweep.ws (the sweep) and grids.ws (the end-of-job grids)" if job == "train" else "sweep.ws"
+    ws = {"train": "sweep.ws (the sweep) and grids.ws (the end-of-job grids)", "evaluate": "sweep.ws",
+          "generate": "ws"}[job]
     moved = {"guidance.w": f"a guidance strength here would be ignored: the strengths are {ws}",
              "sweep.w": "the sweep's guidance strengths are sweep.ws"}
     moved |= {f"callbacks.sweep.{k}": f"the sweep settings are shared with evaluate.py: set sweep.{k}" for k in SWEEP_KEYS}
@@ -125,6 +129,7 @@ def check_train_config(cfg: DictConfig) -> None:
             p.build("module", lambda: instantiate(cfg.module, net=net, schedule=schedule, num_classes=data.num_classes))
         _check_metrics(cfg.metrics, "metrics", data, p)
     _check_sampling(cfg, p)
+    _check_sweep(cfg, p)
     _check_guidance_grid(cfg, "grids.ws", p, allow_empty=True)
     for name, node in (cfg.callbacks or {}).items():
         if node is not None and not _depends_on_reported(node, p):
@@ -138,25 +143,59 @@ def check_train_config(cfg: DictConfig) -> None:
 
 def check_evaluate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of an evaluate.py config."""
-    p = _Problems()
-    _check_top_level(cfg, EVALUATE_KEYS, "evaluate", p)
-    _check_arguments(cfg, "", p)
-    if cfg.ckpt_path is None or not Path(cfg.ckpt_path).is_file():
-        p.add("ckpt_path", f"{cfg.ckpt_path!r} is not a file")
-    _check_sampling(cfg, p)
+    p = _checkpoint_job_problems(cfg, EVALUATE_KEYS, "evaluate")
+    _check_sweep(cfg, p)
     _check_metrics(cfg.metrics, "metrics", None, p)
     p.raise_if_any("evaluate")
 
 
+def check_generate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every problem of a generate.py config."""
+    p = _checkpoint_job_problems(cfg, GENERATE_KEYS, "generate")
+    _check_guidance_grid(cfg, "ws", p)
+    _positive(cfg, "", ("num_samples", "batch_size"), p)
+    labels = cfg.labels
+    items = list(labels) if isinstance(labels, ListConfig) else [labels]
+    if labels != "balanced" and (not items or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                                      for c in items)):
+        p.add("labels", f"{OmegaConf.to_container(labels) if isinstance(labels, ListConfig) else labels!r} must be "
+                        "'balanced', a class index or a non-empty list of class indices")
+    if not isinstance(cfg.png, bool):
+        p.add("png", f"{cfg.png!r} must be true or false")
+    p.raise_if_any("generate")
+
+
+def _checkpoint_job_problems(cfg: DictConfig, known: set, job: str) -> _Problems:
+    """The problems every job on a checkpoint can have: keys, the file, the data settings that replace its own,
+    the device, and the sampling groups."""
+    p = _Problems()
+    _check_top_level(cfg, known, job, p)
+    _check_arguments(cfg, "", p)
+    if cfg.ckpt_path is None or not Path(cfg.ckpt_path).is_file():
+        p.add("ckpt_path", f"{cfg.ckpt_path!r} is not a file")
+    elif not isinstance(cfg.data, DictConfig):
+        p.add("data", f"{cfg.data!r} must be a mapping of data settings, e.g. data.data_dir=/path")
+    else:
+        stored = p.build("ckpt_path", lambda: stored_config(cfg.ckpt_path))
+        if stored is not None:
+            p.build("data", lambda: data_config(stored, OmegaConf.to_container(cfg.data)))
+    p.build("device", lambda: resolve_device(cfg.device))
+    _check_sampling(cfg, p)
+    return p
+
+
+def _check_sweep(cfg: DictConfig, p: _Problems) -> None:
+    _check_guidance_grid(cfg, "sweep.ws", p)
+    p.build("sweep", lambda: instantiate(cfg.sweep))
+
+
 def _check_sampling(cfg: DictConfig, p: _Problems) -> None:
-    """The groups every sampling job has: sampler, guidance (at every w of the sweep), sampling, sweep."""
+    """The groups every sampling job has: sampler, guidance, sampling."""
     sampler = p.build("sampler", lambda: instantiate(cfg.sampler))
     guidance = p.build("guidance", lambda: instantiate(cfg.guidance)(w=0.0))
     if sampler is not None and guidance is not None:
         p.build("sampler", lambda: check_sampler_guidance(sampler, guidance))
     p.build("sampling", lambda: instantiate(cfg.sampling))
-    _check_guidance_grid(cfg, "sweep.ws", p)
-    p.build("sweep", lambda: instantiate(cfg.sweep))
 
 
 def _depends_on_reported(node: DictConfig, p: _Problems) -> bool:
@@ -245,7 +284,7 @@ def _positive(node: DictConfig, path: str, keys: tuple[str, ...], p: _Problems) 
     for k in keys:
         v = node.get(k)
         if k in node and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            p.add(f"{path}.{k}", f"{v!r} must be an integer >= 1")
+            p.add(f"{path}.{k}" if path else k, f"{v!r} must be an integer >= 1")
 
 
 def _check_trainer(t: DictConfig, p: _Problems) -> None:
@@ -271,7 +310,7 @@ def _check_trainer(t: DictConfig, p: _Problems) -> None:
             and not isinstance(devices, (ListConfig, list)):
         p.add("trainer.devices", f"{devices!r} must be 'auto', -1, an integer >= 1 or a list of device ids")
     if t.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
-        p.add("trainer.accelerator", f"{t.accelerator!r} but no CUDA device is visible (use trainer=cpu)")
+        p.add("trainer.accelerator", f"{t.accelerator!r}, but {cuda_unavailable_reason()} (or use trainer=cpu)")
 
 
 class CheckConfig(Callback):

@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from cfglab.checkpoints import load_guide_net, load_module
 from cfglab.config_checks import check_evaluate_config
+from cfglab.devices import resolve_device
 from cfglab.grids import save_samples
-from cfglab.sweep import COLUMNS, SweepRecord, balanced_labels, plot_tradeoff, run_points, sweep_grid_path
+from cfglab.stamp import write_stamp
+from cfglab.sweep import SweepRecord, balanced_labels, format_table, plot_tradeoff, run_points, sweep_grid_path
 
 
 def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
@@ -19,9 +21,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     check_evaluate_config(cfg)
     record = SweepRecord(out_dir)  # a corrupt sweep.json fails here, before any compute
     sweep, sampler, guidance = instantiate(cfg.sweep), instantiate(cfg.sampler), instantiate(cfg.guidance)
-    datamodule, module = load_module(cfg.ckpt_path)
+    device = resolve_device(cfg.device)
+    datamodule, module = load_module(cfg.ckpt_path, data=OmegaConf.to_container(cfg.data))
+    module.to(device)
+    write_stamp(out_dir, device)
     step = module.checkpoint_step
-    sampling = instantiate(cfg.sampling).resolve(module.device, datamodule.data_range)
+    sampling = instantiate(cfg.sampling).resolve(device, datamodule.data_range)
     guide_net = load_guide_net(guidance(w=0.0), module)
     metrics = instantiate(cfg.metrics)(datamodule)
     for k, v in metrics.info.items():
@@ -30,11 +35,11 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     def on_point(point, images):
         save_samples(images, balanced_labels(len(images), module.num_classes), sweep_grid_path(out_dir, step, point["w"]),
                      sweep.grid_per_class)
-        print("  ".join(f"{c}={point[c]:.4g}" for c in COLUMNS if isinstance(point.get(c), float)), flush=True)
 
     with tqdm(total=len(sweep.ws) * sweep.num_samples, desc="guidance sweep", unit="img") as bar:
         points = run_points(module, sweep, sampler, guidance, sampling, metrics, record, step, on_point, bar.update,
                             guide_net)
     plot_tradeoff(record.points, out_dir / "tradeoff.png", title=Path(cfg.ckpt_path).name)
+    print(format_table(points))
     print(f"results: {out_dir / 'sweep.csv'}, {out_dir / 'sweep.json'}, {out_dir / 'tradeoff.png'}")
     return points

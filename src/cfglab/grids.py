@@ -11,7 +11,7 @@ from torchvision.utils import save_image
 
 from cfglab.diffusion.guidance import CFG
 from cfglab.diffusion.samplers import Sampler
-from cfglab.diffusion.sampling import sample
+from cfglab.diffusion.sampling import sample, seeded_noise
 
 
 def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
@@ -71,8 +71,8 @@ def guided_grids(module, sampler: Sampler, guidance: Callable[..., CFG], ws: Seq
     labels = labels.to(module.device)
     paths = []
     for w in ws:
-        g = torch.Generator(device=module.device).manual_seed(seed)
-        samples, _ = sample(sampler=sampler, guidance=guidance(w=float(w)), labels=labels, generator=g,
+        noise, g = seeded_noise((len(labels), *module.net.sample_shape), seed, module.device)
+        samples, _ = sample(sampler=sampler, guidance=guidance(w=float(w)), labels=labels, generator=g, noise=noise,
                             guide_net=guide_net, **module.sampling_args(), **sampling)
         paths.append(save_samples(samples.cpu(), labels.cpu(), Path(out_dir) / f"samples_w{w:g}.png", per_class))
     return paths

@@ -8,6 +8,7 @@ every point, so a crash loses at most the point in progress), with `sweep.csv` a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from torch import Tensor
 from cfglab.atomic import atomic_write_text
 from cfglab.diffusion.guidance import CFG
 from cfglab.diffusion.sampling import sample_batches
+
+log = logging.getLogger(__name__)
 
 PAPER_WS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)  # close to Ho & Salimans 2022, Table 1
 METRICS = ("fid", "is", "kid", "precision", "recall", "accuracy")
@@ -66,6 +69,21 @@ class SweepSettings:
 def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
     """0, 1, ..., K-1, 0, 1, ...: every class equally often (up to one)."""
     return torch.arange(num_samples) % num_classes
+
+
+def format_point(point: dict) -> str:
+    """One line of a point's metrics: w=1  fid=14.03  is=9.505 ..."""
+    return "  ".join(f"{c}={point[c]:.4g}" for c in COLUMNS if isinstance(point.get(c), (int, float)))
+
+
+def format_table(points: Sequence[dict]) -> str:
+    """The points as a fixed-width table, one row per (step, w)."""
+    cols = ("step", "w", *METRICS, "nfe")
+    cell = lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    rows = [cols] + [tuple(cell(p.get(c)) for c in cols)
+                     for p in sorted(points, key=lambda p: (p.get("step", 0), p["w"]))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    return "\n".join("  ".join(v.rjust(n) for v, n in zip(r, widths)) for r in rows)
 
 
 def sweep_grid_path(out_dir: str | Path, step: int, w: float) -> Path:
@@ -175,6 +193,7 @@ def run_points(module, sweep: SweepSettings, sampler, guidance: Callable[..., CF
         if not all(math.isfinite(v) for v in point.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metrics at w={w}: {point}")
         record.add(point)
+        log.info("sweep point done: %s", format_point(point))
         if on_point is not None:
             on_point(point, images)
         out.append(point)

@@ -16,7 +16,10 @@ from cfglab.build import build
 from cfglab.checkpoints import load_guide_net
 from cfglab.config_checks import check_train_config
 from cfglab.grids import guided_grids
+from cfglab.lightning.guidance_sweep import GuidanceSweep
 from cfglab.lightning.preemption import stop_signal
+from cfglab.stamp import run_stamp, write_stamp
+from cfglab.sweep import format_table
 
 
 def train(cfg: DictConfig, output_dir: str | Path) -> dict:
@@ -34,8 +37,9 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     config = OmegaConf.to_container(cfg, resolve=True)  # checked free of credentials by check_train_config
+    stamp = write_stamp(output_dir, trainer.strategy.root_device) if trainer.is_global_zero else run_stamp()
     for lg in loggers:
-        lg.log_hyperparams(config)
+        lg.log_hyperparams({**config, "stamp": stamp})
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
     stopped_by = stop_signal(trainer)
@@ -46,5 +50,8 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
                              cfg.grids.seed, load_guide_net(guidance(w=0.0), module))
         for p in paths:
             print(f"guided samples: {p}")
+        for cb in (c for c in callbacks if isinstance(c, GuidanceSweep) and c.points):
+            print(f"guidance sweep at step {trainer.global_step}:\n{format_table(cb.points)}")
+            print(f"sweep results: {Path(cb.out_dir) / 'sweep.csv'}, {Path(cb.out_dir) / 'tradeoff.png'}")
     return {"grids": [str(p) for p in paths], "stopped_by": stopped_by,
             "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}

@@ -81,17 +81,20 @@ def sample(
     autocast: Optional[torch.dtype] = None,
     generator: Optional[torch.Generator] = None,
     guide_net: Optional[ModelFn] = None,
+    noise: Optional[Tensor] = None,
 ) -> tuple[Tensor, float]:
     """Guided samples for `labels` and the network evaluations each sample cost.
 
     net: the joint conditional/unconditional network (x_t, t, labels) -> `target` prediction, with a
         `sample_shape` attribute, e.g. (C, H, W); labels in [0, null_label], null_label the unconditional one.
-    labels: (B,) int64 on the device to sample on. generator: for the initial noise and the noise of
-        ancestral steps, on that device. guide_net: the weaker network of autoguidance (None otherwise).
+    labels: (B,) int64 on the device to sample on. generator: for the noise of ancestral steps, on that
+        device, and for the initial noise x_1 unless `noise` gives it (B, *net.sample_shape) (see `seeded_noise`).
+        guide_net: the weaker network of autoguidance (None otherwise).
     Returns float samples (B, *net.sample_shape) on the labels' device and the NFE per sample.
     """
     check_sampler_guidance(sampler, guidance)
-    noise = torch.randn((labels.shape[0], *net.sample_shape), generator=generator, device=labels.device)
+    if noise is None:
+        noise = torch.randn((labels.shape[0], *net.sample_shape), generator=generator, device=labels.device)
     denoiser = GuidedDenoiser(net, schedule, guidance, null_label, target, batched, clip_x0, guide_net, autocast)
     was_training = getattr(net, "training", False)
     if isinstance(net, nn.Module):
@@ -103,9 +106,39 @@ def sample(
             net.train(was_training)
 
 
+def seeded_noise(shape: tuple[int, ...], seed: int, device: torch.device | str) -> tuple[Tensor, torch.Generator]:
+    """The initial noise x_1 of a sampling run seeded with `seed`, on `device`, and the generator for the noise
+    its ancestral steps add. x_1 is drawn on the CPU, so deterministic samplers (DDIM with eta = 0, DPM-Solver++)
+    give the same samples on every device up to float rounding; CUDA's generator draws other numbers than the
+    CPU's, so ancestral steps on a GPU add other (equally distributed) noise. On the CPU the generator continues
+    the stream that drew x_1."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(shape, generator=g)
+    if torch.device(device).type == "cpu":
+        return noise, g
+    return noise.to(device), torch.Generator(device=device).manual_seed(seed)
+
+
 def batch_seed(seed: int, index: int) -> int:
     """The generator seed of batch `index` of a run seeded with `seed`."""
     return seed * 1_000_003 + index
+
+
+def sample_batch(net: ModelFn, schedule: Schedule, sampler: Sampler, guidance: CFG, labels: Tensor, *,
+                 batch_size: int, seed: int, index: int, **sample_kwargs) -> tuple[Tensor, float]:
+    """Batch `index` of the label list (N,): its samples on the CPU, images as uint8 (B, C, H, W) as they are
+    saved and measured, other data as float (B, ...); and the NFE per sample.
+
+    The batch is labels[index * batch_size : (index + 1) * batch_size], sampled on the network's device from
+    seeded_noise(..., batch_seed(seed, index), ...): the same whatever ran before it, in this process or another.
+    sample_kwargs: `sample`'s keyword arguments (null_label, target, clip_x0, batched, autocast, guide_net).
+    """
+    device = device_of(net)
+    batch = labels[index * batch_size : (index + 1) * batch_size].to(device)
+    noise, g = seeded_noise((len(batch), *net.sample_shape), batch_seed(seed, index), device)
+    x, nfe = sample(net, schedule, sampler, guidance, batch, generator=g, noise=noise, **sample_kwargs)
+    x = x.cpu()
+    return (to_uint8(x) if x.ndim == 4 else x), nfe
 
 
 def sample_batches(
@@ -122,28 +155,20 @@ def sample_batches(
     progress: Optional[Callable[[int], None]] = None,
     **sample_kwargs,
 ) -> tuple[Tensor, float]:
-    """`sample` over a label list (N,) in batches of `batch_size`, on the CPU: images as uint8 (N, C, H, W), as
-    they are saved and measured; other data as float (N, ...). Also returns the mean NFE per sample.
+    """`sample_batch` over every batch of the label list (N,), concatenated, and the mean NFE per sample.
 
-    Batch i uses a generator seeded with batch_seed(seed, i) on the network's device, so a batch is the same
-    whatever ran before it. With `world` > 1 this process makes only batches i = rank, rank + world, ...
-    (concatenated in that order): put together in batch order, the shards of all ranks are exactly the images
-    of a single process. `progress(n)` is called after each batch of n samples. sample_kwargs: `sample`'s
-    keyword arguments (null_label, target, clip_x0, batched, autocast, guide_net).
+    With `world` > 1 this process makes only batches i = rank, rank + world, ... (concatenated in that order):
+    put together in batch order, the shards of all ranks are exactly the samples of a single process.
+    `progress(n)` is called after each batch of n samples.
     """
-    device = device_of(net)
     out, nfe, count = [], 0.0, 0
-    for i, start in enumerate(range(0, len(labels), batch_size)):
-        if i % world != rank:
-            continue
-        batch = labels[start : start + batch_size].to(device)
-        g = torch.Generator(device=device).manual_seed(batch_seed(seed, i))
-        x, batch_nfe = sample(net, schedule, sampler, guidance, batch, generator=g, **sample_kwargs)
-        x = x.cpu()
-        out.append(to_uint8(x) if x.ndim == 4 else x)
-        nfe, count = nfe + batch_nfe * len(batch), count + len(batch)
+    for i in range(rank, -(-len(labels) // batch_size), world):
+        x, batch_nfe = sample_batch(net, schedule, sampler, guidance, labels, batch_size=batch_size, seed=seed,
+                                    index=i, **sample_kwargs)
+        out.append(x)
+        nfe, count = nfe + batch_nfe * len(x), count + len(x)
         if progress is not None:
-            progress(len(batch))
+            progress(len(x))
     if not out:
         dtype = torch.uint8 if len(net.sample_shape) == 3 else torch.get_default_dtype()
         return torch.empty((0, *net.sample_shape), dtype=dtype), 0.0

@@ -64,7 +64,9 @@ def train_classifier(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     pad = max(1, x.shape[-1] // 14)
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
+        if step % max(1, steps // 10) == 0:  # a line per tenth: the classifier trains before any sweep output
+            log.info("domain classifier: step %d of %d", step, steps)
         idx = torch.randint(len(x), (batch_size,), generator=g)
         xb = F.pad(x[idx], (pad,) * 4, value=-1.0)
         i, j = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=g))

@@ -20,6 +20,7 @@ from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 
 from cfglab.atomic import atomic_write
+from cfglab.devices import resolve_device
 from cfglab.images import to_uint8
 from cfglab.metrics.domain import cache_name, data_key, domain_classifier
 from cfglab.metrics.extractors import DOMAIN, DomainFeatureExtractor, check_inception_weights, inception
@@ -112,7 +113,7 @@ def build_metrics(datamodule, extractor: str = "domain", cache_dir: str = ".cach
                   reference_split: str = "train", reference_size: Optional[int] = 10_000, classifier_epochs: int = 15,
                   weights_path: Optional[str] = None, allow_download: bool = False, kid_subset_size: int = 1000,
                   prc_neighborhood: int = 3, device: str = "cpu") -> FidelityMetrics:
-    """The metrics object a sweep uses, from the `metrics` config group."""
+    """The metrics object a sweep uses, from the `metrics` config group; device: auto | cpu | cuda | cuda:N."""
     check_metrics_args(extractor, reference_split, weights_path, allow_download, datamodule)
     cache = Path(cache_dir)
     if extractor == "domain":
@@ -126,7 +127,7 @@ def build_metrics(datamodule, extractor: str = "domain", cache_dir: str = ".cach
     elif extractor == "inception":
         net = inception(weights_path, allow_download)
         key, info, weights = {"name": "inception-v3-compat", "weights": str(weights_path)}, {}, weights_path
-    net = net.to(device)
+    net = net.to(resolve_device(device))
     ref = reference_features(net, key, datamodule, reference_split, reference_size, cache)
     return FidelityMetrics(net, ref, class_logits=extractor in ("domain", "exact"), kid_subset_size=kid_subset_size,
                            prc_neighborhood=prc_neighborhood, info=info, weights_path=weights)
