@@ -117,6 +117,15 @@ def test_bad_generate_configs_are_refused(ckpt, tmp_path, override, expected):
     assert all(s in str(err.value) for s in expected), str(err.value)
 
 
+def test_png_is_refused_for_data_that_are_not_images(tmp_path):
+    run("train.py", f"hydra.run.dir={tmp_path / 'gmm'}", "data=gmm", "model=mlp", "metrics=exact", "module.target=v",
+        *(o for o in TINY_TRAIN if not o.startswith("model.")))
+    cfg = composed("generate", [f"ckpt_path={tmp_path / 'gmm' / 'checkpoints' / 'last.ckpt'}", "png=true"],
+                   tmp_path / "out")
+    with pytest.raises(ConfigError, match="png: true, but this checkpoint's data .*GaussianMixture.* are not images"):
+        check_generate_config(cfg)
+
+
 def test_evaluate_overrides_the_data_location_of_a_checkpoint_trained_elsewhere(tmp_path):
     data = tmp_path / "mnist_here"
     make_mnist(data, "t10k", n=200)

@@ -18,7 +18,7 @@ import math
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -143,7 +143,7 @@ def check_train_config(cfg: DictConfig) -> None:
 
 def check_evaluate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of an evaluate.py config."""
-    p = _checkpoint_job_problems(cfg, EVALUATE_KEYS, "evaluate")
+    p, _ = _checkpoint_job_problems(cfg, EVALUATE_KEYS, "evaluate")
     _check_sweep(cfg, p)
     _check_metrics(cfg.metrics, "metrics", None, p)
     p.raise_if_any("evaluate")
@@ -151,7 +151,7 @@ def check_evaluate_config(cfg: DictConfig) -> None:
 
 def check_generate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of a generate.py config."""
-    p = _checkpoint_job_problems(cfg, GENERATE_KEYS, "generate")
+    p, stored = _checkpoint_job_problems(cfg, GENERATE_KEYS, "generate")
     _check_guidance_grid(cfg, "ws", p)
     _positive(cfg, "", ("num_samples", "batch_size"), p)
     labels = cfg.labels
@@ -162,13 +162,15 @@ def check_generate_config(cfg: DictConfig) -> None:
                         "'balanced', a class index or a non-empty list of class indices")
     if not isinstance(cfg.png, bool):
         p.add("png", f"{cfg.png!r} must be true or false")
+    elif cfg.png and stored is not None and "image_size" not in stored["data"]:
+        p.add("png", f"true, but this checkpoint's data ({stored['data']['_target_']}) are not images")
     p.raise_if_any("generate")
 
 
-def _checkpoint_job_problems(cfg: DictConfig, known: set, job: str) -> _Problems:
-    """The problems every job on a checkpoint can have: keys, the file, the data settings that replace its own,
-    the device, and the sampling groups."""
-    p = _Problems()
+def _checkpoint_job_problems(cfg: DictConfig, known: set, job: str) -> tuple[_Problems, Optional[dict]]:
+    """The problems every job on a checkpoint can have (keys, the file, the data settings that replace its own,
+    the device, the sampling groups), and the config stored in the checkpoint (None if it cannot be read)."""
+    p, stored = _Problems(), None
     _check_top_level(cfg, known, job, p)
     _check_arguments(cfg, "", p)
     if cfg.ckpt_path is None or not Path(cfg.ckpt_path).is_file():
@@ -181,7 +183,7 @@ def _checkpoint_job_problems(cfg: DictConfig, known: set, job: str) -> _Problems
             p.build("data", lambda: data_config(stored, OmegaConf.to_container(cfg.data)))
     p.build("device", lambda: resolve_device(cfg.device))
     _check_sampling(cfg, p)
-    return p
+    return p, stored
 
 
 def _check_sweep(cfg: DictConfig, p: _Problems) -> None:
