@@ -66,7 +66,8 @@ def test_multirun_of_ddp_jobs_survives_preemption_and_aggregates(slurm, tmp_path
     """Two training jobs, each two DDP ranks started by srun. Job 0 gets SLURM's pre-timeout signal (USR2):
     it checkpoints, submitit requeues it once, and the rerun resumes from the checkpoint and finishes."""
     sweep_dir = tmp_path / "mr"
-    proc = launch(sweep_dir, "strategy=ddp", "trainer.devices=2", "trainer.max_steps=150",
+    # 400 steps: the pre-timeout signal must reach job 0 while it still trains (150 steps finished first once)
+    proc = launch(sweep_dir, "strategy=ddp", "trainer.devices=2", "trainer.max_steps=400",
                   "callbacks.checkpoint.every_n_train_steps=25", "sweep.ws=[0,2]",
                   "sweep.num_samples=40", "sweep.batch_size=20", "module.p_uncond=0.1,0.5")
     wait_for(sweep_dir / "0" / "checkpoints" / "last.ckpt", proc)
@@ -87,7 +88,7 @@ def test_multirun_of_ddp_jobs_survives_preemption_and_aggregates(slurm, tmp_path
     assert "MEMBER: 2/2" in log0  # rank 1 of a world of 2, from SLURM's variables
     assert "Requeued" not in logs(sweep_dir, 1)
     for i in (0, 1):
-        assert torch.load(sweep_dir / str(i) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 150
+        assert torch.load(sweep_dir / str(i) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 400
     varying, rows = collect(sweep_dir)
     assert varying == ["module.p_uncond"] and len(rows) == 4 and all(r["fid"] > 0 for r in rows)
 
