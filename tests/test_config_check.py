@@ -1,5 +1,6 @@
 """Bad configurations are refused before any compute, each with a message naming the key and the bad value."""
 
+import io
 import os
 import subprocess
 import sys
@@ -58,6 +59,25 @@ BAD_TRAIN = [
     (["callbacks.ema.decay=1.0"], ["callbacks.ema", "decay=1.0"]),
     (["schedule.s=-1"], ["schedule", "s=-1"]),
     (["+callbacks.checkpoint.every_n_steps=5"], ["callbacks.checkpoint.every_n_steps", "5"]),
+    # a wrong type is named at its key, not as the comparison that later fails on it
+    (["module.p_uncond=abc"], ["module.p_uncond: 'abc' is not a number"]),
+    (["module.warmup_steps=2.5"], ["module.warmup_steps: 2.5 is not an integer"]),
+    (["module.betas=[0.9,x]"], ["module.betas[1]: 'x' is not a number"]),
+    (["module.betas=[0.9]"], ["module.betas: [0.9] is not a list of 2 numbers"]),
+    (["module.compile=maybe"], ["module.compile: 'maybe' is not true or false"]),
+    (["model.channel_mult=[1,two]"], ["model.channel_mult[1]: 'two' is not an integer"]),
+    # required values left out
+    (["data=image_folder"], ["data.data_dir: ??? is a required value"]),
+    (["guidance=autoguidance"], ["guidance.guide_ckpt: ??? is a required value"]),
+    # what stops a fit, as Lightning decides it
+    (["trainer.max_steps=-1"], ["trainer.max_epochs: -1 with trainer.max_steps=-1 and no trainer.max_time"]),
+    (["trainer.max_epochs=0"], ["trainer.max_epochs: 0 must be"]),
+    (["+trainer.max_time=10min", "trainer.max_steps=-1"], ["trainer.max_time: '10min' is not a duration"]),
+    # values that would only fail later
+    (["data.batch_size=5000"], ["data.batch_size: 5000 exceeds the 1617 training items"]),
+    (["data.batch_size=1000", "strategy=ddp", "trainer.devices=2"], ["data.batch_size: 1000 x 2 processes exceeds"]),
+    (["data=gmm", "model=mlp", "metrics=exact", "sampling.clip_x0=1.0"],
+     ["sampling.clip_x0: 1.0, but the data (GaussianMixtureDataModule) are unbounded"]),
 ]
 if not torch.cuda.is_available():
     BAD_TRAIN.append((["trainer=gpu"], ["trainer.accelerator", "gpu"]))
@@ -79,6 +99,9 @@ def test_bad_train_config_is_refused_naming_key_and_value(overrides, expected, t
     ["sampling.batched=true", "sampling.precision=bf16-mixed", "sampling.clip_x0=2"],
     ["guidance=interval_high"], ["guidance=interval_narrow"],
     ["strategy=ddp", "trainer.devices=2"], ["logger=none", "~callbacks.sweep"],
+    ["+trainer.max_time=00:00:10:00", "trainer.max_steps=-1"], ["+trainer.max_time={hours:2}", "trainer.max_steps=-1"],
+    ["trainer.max_steps=-1", "trainer.max_epochs=null"], ["trainer.max_steps=-1", "trainer.max_epochs=3"],
+    ["data=gmm", "model=mlp", "metrics=exact"], ["data.batch_size=1617"],
 ])
 def test_good_train_configs_pass(overrides, tmp_path):
     check_train_config(composed("config", overrides, tmp_path))
@@ -91,6 +114,18 @@ def test_every_problem_is_listed_at_once(tmp_path):
     assert all(s in str(err.value) for s in ("p_uncond=2", "steps=0", "trainer.max_steps"))
 
 
+def test_independent_checks_run_when_the_data_fails(tmp_path):
+    """The module's values are checked although the data, and so the model, cannot be built."""
+    cfg = composed("config", ["data=mnist", "data.data_dir=/nonexistent/mnist", "module.p_uncond=2",
+                              "sampler.steps=0", "schedule.s=-1", "trainer.max_steps=0"], tmp_path)
+    with pytest.raises(ConfigError) as err:
+        check_train_config(cfg)
+    message = str(err.value)
+    for s in ("data: MNIST train IDX files", "module: p_uncond=2", "sampler: steps=0", "schedule: cosine offset s=-1",
+              "trainer.max_steps: 0"):
+        assert s in message, message
+
+
 @pytest.mark.parametrize("overrides,expected", [
     (["ckpt_path=/nonexistent/last.ckpt"], ["ckpt_path", "/nonexistent/last.ckpt"]),
     (["sweep.ws=[0,-2]"], ["sweep.ws[1]", "w=-2"]),
@@ -99,6 +134,7 @@ def test_every_problem_is_listed_at_once(tmp_path):
     (["+guidance.w=3"], ["guidance.w", "sweep.ws"]),
     (["sampling.batched=2"], ["sampling", "batched=2"]),
     (["+sweep_typo=1"], ["sweep_typo", "1"]),
+    (["ckpt_path=???"], ["ckpt_path: ??? is a required value"]),
 ])
 def test_bad_evaluate_config_is_refused(overrides, expected, tmp_path):
     ckpt = tmp_path / "model.ckpt"
@@ -168,3 +204,65 @@ def test_guidance_configs_carry_no_strength():
     for path in sorted((ROOT / "conf" / "guidance").glob("*.yaml")):
         node = OmegaConf.load(path)
         assert "w" not in node and node._partial_ is True, path.name
+
+
+def test_missing_required_value_is_reported_before_anything_is_written(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_script("evaluate.py", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "ckpt_path: ??? is a required value: set it, e.g. ckpt_path=<value>" in proc.stderr
+    assert "Traceback" not in proc.stderr and "raised" not in proc.stderr and not run_dir.exists()
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=basic"], ["hydra/launcher=local"],
+                                      ["hydra/launcher=slurm_cpu", "hydra.launcher.partition=debug"]])
+def test_multirun_with_one_bad_job_launches_nothing(launcher, tmp_path):
+    """Every job's composed config is checked before the sweeper creates the sweep directory or hands a job to
+    the launcher: no job folder, no submitit folder (so no SLURM job), no W&B run."""
+    sweep_dir = tmp_path / "multirun"
+    proc = run_script("train.py", "-m", *launcher, f"hydra.sweep.dir={sweep_dir}", "module.p_uncond=0.1,0.2,1.5,0.5",
+                      "trainer.max_steps=5", "logger=wandb", "logger.wandb.mode=offline")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "bad multirun, nothing was launched (1 of 4 jobs have problems)" in proc.stderr, proc.stderr
+    assert ("job 2 (module.p_uncond=1.5 trainer.max_steps=5 logger=wandb logger.wandb.mode=offline):\n"
+            "    module: p_uncond=1.5 must lie in [0, 1]") in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not sweep_dir.exists()
+
+
+def test_slurm_multirun_without_a_partition_is_refused(tmp_path):
+    """submitit's own config would silently turn the launcher's ??? into null (sbatch's default partition)."""
+    sweep_dir = tmp_path / "multirun"
+    proc = run_script("train.py", "-m", "hydra/launcher=slurm_cpu", f"hydra.sweep.dir={sweep_dir}",
+                      "module.p_uncond=0.1,0.2")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "hydra.launcher.partition: ??? is a required value of hydra/launcher=slurm_cpu" in proc.stderr
+    assert not sweep_dir.exists()
+
+
+def truncated_checkpoint(path):
+    buffer = io.BytesIO()
+    torch.save({"global_step": 3, "state_dict": {"w": torch.zeros(10_000)}, "cfglab_config": {}}, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path.read_bytes()
+
+
+def test_damaged_checkpoint_to_resume_from_is_refused_naming_the_file(tmp_path):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    content = truncated_checkpoint(last)
+    proc = run_script("train.py", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"ckpt_path: '{last}' is truncated or corrupt, not a readable checkpoint" in proc.stderr, proc.stderr
+    assert "move it aside to start afresh" in proc.stderr and "Traceback" not in proc.stderr
+    assert last.read_bytes() == content and not (run_dir / ".hydra").exists()
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "generate.py"])
+def test_damaged_checkpoint_to_sample_from_is_refused_naming_the_file(script, tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    truncated_checkpoint(ckpt)
+    proc = run_script(script, f"hydra.run.dir={tmp_path / 'run'}", f"ckpt_path={ckpt}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"ckpt_path: '{ckpt}' is truncated or corrupt" in proc.stderr and "point ckpt_path at another" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

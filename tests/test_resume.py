@@ -88,3 +88,38 @@ def test_preemption_signal_checkpoints_stops_cleanly_and_resumes(tmp_path, unint
     assert 10 <= step < STEPS
     run(tmp_path)
     assert_same_training_state(uninterrupted, last(tmp_path))
+
+
+# Run train.py with torch.save replaced by one that writes half of the checkpoint of step KILL_AT, then SIGKILLs
+# its own process: a kill (or a crash, a full disk) in the middle of writing the checkpoint file.
+DIE_WHILE_WRITING = """
+import io, os, runpy, signal, sys, torch
+real_save, kill_at = torch.save, int(sys.argv[1])
+def save(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("global_step") == kill_at and not isinstance(f, io.IOBase):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        with open(f, "wb") as out:
+            out.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            out.flush()
+            os.fsync(out.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_and_resumes_bit_identically(tmp_path, uninterrupted):
+    kill_at = 30
+    proc = subprocess.run([sys.executable, "-c", DIE_WHILE_WRITING, str(kill_at), *command(tmp_path)[1:]],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    folder = tmp_path / "checkpoints"
+    partial = list(folder.glob(".last.ckpt.*.tmp"))
+    assert len(partial) == 1 and partial[0].stat().st_size > 0  # the write was cut off half-way ...
+    assert last(tmp_path)["global_step"] == kill_at - 10  # ... and last.ckpt is the previous, whole checkpoint
+    run(tmp_path)
+    assert not list(folder.glob(".*.tmp"))
+    assert_same_training_state(uninterrupted, last(tmp_path))

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
 from cfglab.aggregate import collect
 from helpers import ROOT
@@ -93,10 +94,31 @@ def test_multirun_of_ddp_jobs_survives_preemption_and_aggregates(slurm, tmp_path
     assert varying == ["module.p_uncond"] and len(rows) == 4 and all(r["fid"] > 0 for r in rows)
 
 
-def test_failing_jobs_report_their_errors_instead_of_hanging(slurm, tmp_path):
-    proc = launch(tmp_path / "bad", "trainer.max_steps=5", "~callbacks.sweep", "module.lr=0.001,-1")
+def test_multirun_with_a_bad_job_submits_nothing(slurm, tmp_path):
+    def jobs():
+        return run_slurm("sacct", "-a", "-n", "-X", "-o", "JobID", "-S", "2000-01-01").split()
+
+    before = jobs()
+    sweep_dir = tmp_path / "mr"
+    proc = launch(sweep_dir, "trainer.max_steps=5", "module.p_uncond=0.1,1.5,0.2")
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode != 0 and "lr=-1" in out
+    assert proc.returncode == 2, out[-3000:]
+    assert "(1 of 3 jobs have problems)" in out and "module: p_uncond=1.5 must lie in [0, 1]" in out, out[-3000:]
+    assert not sweep_dir.exists()
+    assert jobs() == before and run_slurm("squeue", "-h", "-a").strip() == ""
+
+
+def test_failing_jobs_report_their_errors_instead_of_hanging(slurm, tmp_path):
+    # An image file that only fails when the job loads it (the config check counts files, it does not decode them).
+    for name, n in (("a", 2), ("b", 1)):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8)).save(tmp_path / "images" / name / f"{i}.png")
+    (tmp_path / "images" / "b" / "broken.png").write_bytes(b"not a png")
+    proc = launch(tmp_path / "bad", "trainer.max_steps=5", "~callbacks.sweep", "data=image_folder",
+                  f"data.data_dir={tmp_path / 'images'}", "data.batch_size=2", "data.val_fraction=0")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "broken.png" in out, out[-3000:]
 
     # Jobs that leave no result (killed hard; cancelled, which stops training with a checkpoint but unfinished):
     # submitit learns their state from sacct (slurmdbd) and fails them.

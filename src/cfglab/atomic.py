@@ -18,6 +18,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -33,8 +33,8 @@ def load_module(ckpt_path: str | Path, map_location: str = "cpu", data: Optional
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(path)!r} does not exist")
+    config = stored_config(path)  # a damaged file is named before anything is built
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    config = _config_of(ckpt, path)
     moved = {k: config["module"].pop(k) for k in list(config.get("module", {})) if k in MOVED_MODULE_KEYS}
     if moved:
         log.warning("%s was written by an older cfglab that kept sampling settings in the model (%s); they are not "
@@ -48,13 +48,19 @@ def load_module(ckpt_path: str | Path, map_location: str = "cpu", data: Optional
     return datamodule, module.eval()
 
 
-def stored_config(ckpt_path: str | Path) -> dict:
-    """The cfglab config a checkpoint was written with, read without loading its weights into memory."""
+def read_checkpoint(path: str | Path, advice: str) -> dict:
+    """A checkpoint's contents, memory-mapped (tensors are read only when used); a truncated or corrupt file is
+    a ValueError naming it and saying what to do (`advice`), not an unpickling traceback."""
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise ValueError(f"ckpt_path={str(ckpt_path)!r} cannot be read as a checkpoint ({str(e).splitlines()[0]})") from e
-    return _config_of(ckpt, ckpt_path)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as e:
+        raise ValueError(f"{str(path)!r} is truncated or corrupt, not a readable checkpoint "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__}): {advice}") from e
+
+
+def stored_config(ckpt_path: str | Path, advice: str = "point ckpt_path at another checkpoint") -> dict:
+    """The cfglab config a checkpoint was written with, read without loading its weights into memory."""
+    return _config_of(read_checkpoint(ckpt_path, advice), ckpt_path)
 
 
 def _config_of(ckpt: dict, path: str | Path) -> dict:

@@ -16,6 +16,7 @@ from cfglab.build import build
 from cfglab.checkpoints import load_guide_net
 from cfglab.config_checks import check_train_config
 from cfglab.grids import guided_grids
+from cfglab.lightning.checkpoint_io import AtomicCheckpointIO
 from cfglab.lightning.guidance_sweep import GuidanceSweep
 from cfglab.lightning.preemption import stop_signal
 from cfglab.stamp import run_stamp, write_stamp
@@ -34,7 +35,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     if not loggers:  # nothing to monitor into (Lightning refuses LearningRateMonitor without a logger)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # Under SLURM, Lightning would requeue on SIGUSR1 itself; the Preemption callback and the launcher do it.
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    plugins = [AtomicCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else [])]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     config = OmegaConf.to_container(cfg, resolve=True)  # checked free of credentials by check_train_config
     stamp = write_stamp(output_dir, trainer.strategy.root_device) if trainer.is_global_zero else run_stamp()

@@ -39,6 +39,16 @@ class ImageDataModule(L.LightningDataModule):
     def load(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def num_items(self) -> Optional[int]:
+        """How many items `load()` returns, found without loading them (file headers, a directory listing), so
+        that the config check can compare the batch size with the training split and refuse damaged files
+        before anything runs; None when that cannot be told cheaply."""
+        return None
+
+    def num_train_items(self) -> Optional[int]:
+        n = self.num_items()
+        return None if n is None else n - int(round(self.val_fraction * n))
+
     def splits(self) -> dict[str, tuple[Tensor, Tensor]]:
         """{'train': (x, y), 'val': (x, y)} with x float (N, C, S, S) in [-1, 1]; loaded once."""
         if self._splits is None:

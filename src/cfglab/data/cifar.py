@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,10 +31,13 @@ class _ArraysOnly(pickle.Unpickler):
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, 3, 32, 32) and int64 labels (N,) of one CIFAR-10 python batch file."""
-    with open(path, "rb") as f:
-        batch = _ArraysOnly(f, encoding="bytes").load()
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    try:
+        with open(path, "rb") as f:
+            batch = _ArraysOnly(f, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (EOFError, KeyError, TypeError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path} is not a CIFAR-10 python batch ({type(e).__name__}: {e}): download it again") from e
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise ValueError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}")
     return data.reshape(-1, 3, 32, 32), labels  # rows are the R, G and B planes, each row-major 32x32
@@ -59,6 +63,10 @@ class CIFAR10DataModule(ImageDataModule):
             if all((folder / name).is_file() for name in _FILES[self.split]):
                 return folder
         return None
+
+    def num_items(self) -> Optional[int]:
+        folder = self._folder()
+        return None if folder is None else 10_000 * len(_FILES[self.split])  # the fixed size of every batch file
 
     def prepare_data(self) -> None:
         if self.download and self._folder() is None:

@@ -113,6 +113,9 @@ class GaussianMixtureDataModule(L.LightningDataModule):
         self.split = f"ring-{num_classes}-{radius}-{std}-{num_samples}"
         self._splits = None
 
+    def num_train_items(self) -> int:
+        return self.num_samples - int(round(self.val_fraction * self.num_samples))
+
     def splits(self) -> dict[str, tuple[Tensor, Tensor]]:
         if self._splits is None:
             g = torch.Generator().manual_seed(self.seed)

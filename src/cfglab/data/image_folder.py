@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -31,11 +33,29 @@ class ImageFolderDataModule(ImageDataModule):
         except FileNotFoundError as e:
             raise FileNotFoundError(f"data_dir={str(self.data_dir)!r}: {e}") from e
         self.num_classes = len(self.classes)
+        self._count: Optional[int] = None
+
+    def num_items(self) -> int:
+        """Counts the image files of every class folder (refusing an empty one: its label would never be
+        trained, yet sampled and scored)."""
+        from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+        if self._count is None:
+            counts = {c: sum(1 for _, _, files in os.walk(self.data_dir / c, followlinks=True) for f in files
+                             if has_file_allowed_extension(f, IMG_EXTENSIONS)) for c in self.classes}
+            empty = [c for c, n in counts.items() if n == 0]
+            if empty:
+                raise ValueError(f"class folder {str(self.data_dir / empty[0])!r} holds no image file "
+                                 f"({', '.join(IMG_EXTENSIONS)}); remove it or add its images"
+                                 + (f" (also empty: {empty[1:]})" if len(empty) > 1 else ""))
+            self._count = sum(counts.values())
+        return self._count
 
     def load(self):
         from PIL import Image
         from torchvision.datasets import ImageFolder
 
+        self.num_items()  # names an empty class folder
         dataset = ImageFolder(str(self.data_dir))
         if list(dataset.classes) != list(self.classes):
             raise RuntimeError(f"class folders in {self.data_dir} changed since the data module was built")

@@ -3,6 +3,7 @@ train_data_batch_1..10.npz and val_data.npz, each with `data` (N, 12288) uint8 a
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -12,10 +13,21 @@ import torch
 from cfglab.data.base import ImageDataModule
 
 
-def read_npz_batch(path: Path, side: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, 3, side, side) and 0-based int64 labels of one batch file (no pickles allowed)."""
-    with np.load(path, allow_pickle=False) as batch:
-        data, labels = batch["data"], np.asarray(batch["labels"], dtype=np.int64) - 1
+def read_npz_batch(path: Path, side: int = 64, labels_only: bool = False) -> tuple[Optional[np.ndarray], np.ndarray]:
+    """uint8 images (N, 3, side, side) (None if labels_only) and 0-based int64 labels of one batch file (no
+    pickles allowed)."""
+    try:
+        with np.load(path, allow_pickle=False) as batch:
+            missing = {"data", "labels"} - set(batch.files)
+            if missing:
+                raise ValueError(f"{path} holds the arrays {sorted(batch.files)}, not {sorted(missing)}: expected "
+                                 "'data' (N, 12288) and 'labels' (N,), the format of the downsampled ImageNet batches")
+            labels = np.asarray(batch["labels"], dtype=np.int64) - 1
+            data = None if labels_only else batch["data"]
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} cannot be read as an npz file ({e}): download it again") from e
+    if data is None:
+        return None, labels
     if data.ndim != 2 or data.shape[1] != 3 * side * side or len(data) != len(labels):
         raise ValueError(f"{path}: expected data (N, {3 * side * side}) and N labels, got {data.shape}, {labels.shape}")
     return data.reshape(-1, 3, side, side), labels  # rows are the R, G and B planes
@@ -48,6 +60,11 @@ class ImageNet64DataModule(ImageDataModule):
 
     def _files(self) -> list[Path]:
         return sorted(self.data_dir.glob(self._pattern()), key=lambda p: (len(p.name), p.name))
+
+    def num_items(self) -> int:
+        """Reads only the labels arrays (about 1 MB per batch file), which also checks every file's arrays."""
+        counts = [read_npz_batch(path, labels_only=True)[1] for path in self._files()]
+        return int(sum(len(y) if self.classes is None else np.isin(y, self.classes).sum() for y in counts))
 
     def load(self):
         images, labels = [], []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import struct
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,15 +20,46 @@ _PREFIX = {"train": "train", "test": "t10k"}
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+def idx_shape(path: str | Path) -> tuple[int, ...]:
+    """The shape an IDX file's header declares, after checking that the file holds exactly that much data (for
+    a .gz file, gzip's trailer records the uncompressed size): a damaged or truncated download is refused here,
+    from the header and the trailer alone, before anything is loaded."""
+    path = Path(path)
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = f.read(4)
+            zero, dtype_code, ndim = struct.unpack(">HBB", head) if len(head) == 4 else (1, 0, 0)
+            if zero != 0 or dtype_code not in _DTYPES:
+                raise ValueError(f"{path} is not an IDX file (magic bytes {head.hex()}, expected 0000 then a type "
+                                 "code and the number of dimensions)")
+            dims = f.read(4 * ndim)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path} cannot be read ({e}): download it again") from e
+    if len(dims) != 4 * ndim:
+        raise ValueError(f"{path} ends inside its header (truncated file): download it again")
+    shape = struct.unpack(f">{ndim}I", dims)
+    expected = 4 + 4 * ndim + int(np.prod(shape)) * np.dtype(_DTYPES[dtype_code]).itemsize
+    if path.suffix == ".gz":
+        with open(path, "rb") as f:
+            f.seek(-4, 2)
+            size, expected = int.from_bytes(f.read(4), "little"), expected % 2**32  # gzip's ISIZE: size mod 2^32
+    else:
+        size = path.stat().st_size
+    if size != expected:
+        raise ValueError(f"{path}: its header declares shape {shape} ({expected} bytes) but the file holds {size} "
+                         "bytes (truncated or damaged): download it again")
+    return shape
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (http://yann.lecun.com/exdb/mnist/ format), gzipped if its name ends in .gz."""
     path = Path(path)
-    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code not in _DTYPES:
-        raise ValueError(f"{path} is not an IDX file (magic bytes {raw[:4].hex()})")
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=_DTYPES[dtype_code], offset=4 + 4 * ndim)
+    shape = idx_shape(path)
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path} cannot be read ({e}): download it again") from e
+    data = np.frombuffer(raw, dtype=_DTYPES[raw[2]], offset=4 + 4 * len(shape))
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says shape {shape} but holds {data.size} values (truncated file?)")
     return data.reshape(shape)
@@ -76,14 +108,29 @@ class MNISTDataModule(ImageDataModule):
                     "by hand and set data.download=false"
                 ) from e
 
+    def num_items(self) -> Optional[int]:
+        files = self._files()
+        if files is None:  # to be downloaded at prepare_data
+            return None
+        return self._shapes(files)[0][0]
+
+    def _shapes(self, files: tuple[Path, Path]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The image and label files' shapes, checked against each other."""
+        images, labels = idx_shape(files[0]), idx_shape(files[1])
+        if len(images) != 3 or len(labels) != 1:
+            raise ValueError(f"{files[0]} has shape {images} and {files[1]} {labels}: expected (N, H, W) images and "
+                             "(N,) labels (are the two files swapped?)")
+        if images[0] != labels[0]:
+            raise ValueError(f"{files[0]} holds {images[0]} images but {files[1]} {labels[0]} labels")
+        return images, labels
+
     def load(self):
         self.prepare_data()
         files = self._files()
         if files is None:
             raise FileNotFoundError(f"{self.name} {self.split} IDX files not found in data_dir={str(self.data_dir)!r}")
+        self._shapes(files)
         images, labels = (read_idx(f) for f in files)
-        if len(images) != len(labels):
-            raise ValueError(f"{files[0]} holds {len(images)} images but {files[1]} {len(labels)} labels")
         return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
 
 
