@@ -266,3 +266,28 @@ def test_damaged_checkpoint_to_sample_from_is_refused_naming_the_file(script, tm
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"ckpt_path: '{ckpt}' is truncated or corrupt" in proc.stderr and "point ckpt_path at another" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def saved_model(path, tmp_path, *overrides):
+    """A checkpoint as train.py writes it (config groups and weights) of an untrained small model."""
+    from cfglab.build import build
+
+    _, module = build(composed("config", ["model.base_channels=8", *overrides], tmp_path / "unused"))
+    torch.save({"cfglab_config": module.build_config, "state_dict": module.state_dict(), "global_step": 0}, path)
+    return module
+
+
+def test_autoguidance_refuses_a_guiding_model_with_another_schedule(tmp_path):
+    from cfglab.checkpoints import load_guide_net
+    from cfglab.diffusion.guidance import Autoguidance
+
+    main = saved_model(tmp_path / "main.ckpt", tmp_path)
+    saved_model(tmp_path / "guide.ckpt", tmp_path, "schedule=linear")
+    saved_model(tmp_path / "same.ckpt", tmp_path)
+    cfg = composed("evaluate", [f"ckpt_path={tmp_path / 'main.ckpt'}", "guidance=autoguidance",
+                                f"guidance.guide_ckpt={tmp_path / 'guide.ckpt'}"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"guidance.guide_ckpt: .*guide.ckpt' has the noise schedule .*LinearBeta"):
+        check_evaluate_config(cfg)  # before anything is loaded
+    with pytest.raises(ValueError, match="LinearBeta"):
+        load_guide_net(Autoguidance(w=1.0, guide_ckpt=str(tmp_path / "guide.ckpt")), main)  # and when loading
+    assert load_guide_net(Autoguidance(w=1.0, guide_ckpt=str(tmp_path / "same.ckpt")), main) is not None

@@ -22,7 +22,13 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
 
 
-@pytest.mark.parametrize("sampler", [DDIM(steps=200), DDIM(steps=200, eta=0.5), DDPM(steps=1000), Paper(steps=1000),
+# The 1,000-step runs are slow; the one-step and few-step references (test_sampler_references.py) test the same
+# samplers more sharply in the fast part.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("sampler", [DDIM(steps=200), DDIM(steps=200, eta=0.5),
+                                     pytest.param(DDPM(steps=1000), marks=SLOW), pytest.param(Paper(steps=1000), marks=SLOW),
                                      DPMSolverPP2M(steps=50)], ids=repr)
 def test_unguided_samplers_reproduce_the_mixture(sampler):
     mix = ring_mixture()
@@ -128,6 +134,7 @@ def test_dpm_solver_pp_2m_is_second_order():
     assert errs[-1] < errs[0] and 1.6 < slope < 2.6, (slope, errs)
 
 
+@pytest.mark.slow  # trains a model
 def test_learned_mlp_agrees_with_the_exact_model_under_the_same_noise(tmp_path):
     import lightning as L
 

@@ -14,6 +14,7 @@ from cfglab.diffusion.guidance import (APG, CFG, Autoguidance, CFGPlusPlus, CFGR
 from cfglab.diffusion.sampling import sample
 from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M
 from cfglab.diffusion.schedules import Cosine
+from cfglab.diffusion.targets import Prediction
 from helpers import Recorder
 
 SCHEDULE = Cosine()
@@ -28,7 +29,10 @@ def at(t, guidance, net=None, labels=None, **kw):
 
 
 def edm_sigma(t):
-    return math.exp(-float(SCHEDULE.log_snr(torch.tensor(t, dtype=torch.float64))) / 2)
+    """EDM's noise level of time t from alpha alone: x_t / alpha = x0 + (sigma / alpha) eps, sigma^2 = 1 - alpha^2
+    (Karras et al. 2022, VP in their notation)."""
+    a = float(SCHEDULE.alpha(torch.tensor(t, dtype=torch.float64)))
+    return math.sqrt(1 - a * a) / a
 
 
 def test_interval_outside_is_conditional_without_uncond_call():
@@ -132,13 +136,29 @@ def test_dynamic_threshold_bounds_x0_and_is_cfg_when_inside():
 
 
 @pytest.mark.parametrize("shape", ["linear", "cosine"])
-def test_weight_schedules_average_to_w(shape):
-    g = ScheduledCFG(w=3.0, shape=shape)
+def test_weight_schedules_follow_the_paper(shape):
+    """Wang et al. 2024 schedule the scale s of eps_u + s (eps_c - eps_u): s(t) = 2 s (1 - t) or s (1 + cos(pi t)),
+    whose mean over t is the static s = 1 + w; the strength used here is w(t) = s(t) - 1."""
+    w = 3.0
+    s = 1 + w
+    paper = {"linear": lambda t: 2 * s * (1 - t), "cosine": lambda t: s * (1 + math.cos(math.pi * t))}[shape]
+    g = ScheduledCFG(w=w, shape=shape)
     ts = torch.linspace(0, 1, 10001, dtype=torch.float64)
-    ws = torch.tensor([g.strength(float(t), 0.0) for t in ts])
-    assert float(torch.trapezoid(ws, ts)) == pytest.approx(3.0, rel=1e-6)
-    assert g.strength(1.0, 0.0) == 0.0 and g.strength(0.0, 0.0) == 6.0
+    for t in (0.0, 0.1, 0.5, 0.9, 1.0):
+        assert 1 + g.strength(t, 0.0) == pytest.approx(paper(t), abs=1e-12)
+    scales = torch.tensor([1 + g.strength(float(t), 0.0) for t in ts])
+    assert float(torch.trapezoid(scales, ts)) == pytest.approx(s, rel=1e-6)
     assert ScheduledCFG(w=3.0, shape="constant").strength(0.3, 0.0) == 3.0
+
+
+def test_scheduled_guidance_starts_from_the_unconditional_prediction():
+    cond = Prediction(torch.ones(2, 3), torch.zeros(2, 3))
+    uncond = Prediction(torch.full((2, 3), 5.0), torch.ones(2, 3))
+    g = ScheduledCFG(w=2.0, shape="linear")
+    w = g.strength(1.0, 0.0)
+    assert g.needs_uncond(w)
+    out = g.combine(cond, uncond, w, torch.zeros(2, 3), torch.ones(2), torch.ones(2), {})
+    torch.testing.assert_close(out.x0, uncond.x0)
 
 
 def test_cfgpp_lambda_zero_is_unconditional_ddim():

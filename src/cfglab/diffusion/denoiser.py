@@ -37,9 +37,14 @@ class GuidedDenoiser:
     combination and the sampler's updates stay in the input's precision.
 
     clip_x0: if set, the final x0 estimate is clipped to [-clip_x0, clip_x0] (the data range) and eps is shifted
-    so that x_t = alpha x0 + sigma eps still holds (static thresholding, Ho et al. 2020; Saharia et al. 2022).
-    Without it, an eps-prediction network's x0 = (x_t - sigma eps) / alpha amplifies errors by 1/alpha ~ 1e4
-    at the noisiest steps.
+    so that x_t = alpha x0 + sigma eps still holds (static thresholding, Ho et al. 2020; Saharia et al. 2022):
+    an ancestral step then moves to the posterior mean of the clipped x0, as in Ho et al.'s sampler. Without it,
+    an eps-prediction network's x0 = (x_t - sigma eps) / alpha amplifies errors by 1/alpha ~ 1e4 at the noisiest
+    steps. Guidance that re-noises with the unconditional eps (CFG++) keeps that eps: only its x0 is clipped, since
+    its (x0, eps) pair does not satisfy x_t = alpha x0 + sigma eps by design, and shifting eps would re-noise
+    along another direction than the one that defines the method.
+
+    The network's output is cast to the dtype of x_t: a float64 run stays float64 end to end.
     """
 
     def __init__(
@@ -68,7 +73,7 @@ class GuidedDenoiser:
     def _predict(self, model: ModelFn, x: Tensor, t: Tensor, labels: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
         with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
             out = model(x, t, labels)
-        return to_prediction(out.float(), x, alpha, sigma, self.target)
+        return to_prediction(out.to(x.dtype), x, alpha, sigma, self.target)
 
     def __call__(self, x: Tensor, t: float, labels: Optional[Tensor]) -> Prediction:
         """x: (B, ...); t: the step's time as a float; labels: (B,) int64 or None (unconditional)."""
@@ -78,6 +83,8 @@ class GuidedDenoiser:
         if self.clip_x0 is None:
             return pred
         x0 = pred.x0.clamp(-self.clip_x0, self.clip_x0)
+        if getattr(self.guidance, "renoise_with_uncond", False):
+            return Prediction(x0, pred.eps)
         return Prediction(x0, pred.eps + broadcast(alpha / sigma, x) * (pred.x0 - x0))
 
     def _guided(self, x: Tensor, t: float, t_dev: Tensor, labels: Optional[Tensor], alpha: Tensor,

@@ -89,9 +89,12 @@ class GuidanceInterval(CFG):
 
 @dataclass
 class ScheduledCFG(CFG):
-    """Guidance strength varying over sampling time (Wang et al. 2024, "Analysis of Classifier-Free Guidance
-    Weight Schedulers"): constant w; linear 2 w (1 - t); cosine w (1 + cos(pi t)). Each averages to w over
-    t in [0, 1] and grows as sampling approaches the data (t -> 0)."""
+    """Guidance whose scale varies over sampling time (Wang et al. 2024, "Analysis of Classifier-Free Guidance
+    Weight Schedulers", sec. 3). That paper schedules the scale s of eps_u + s (eps_c - eps_u), i.e. s = 1 + w
+    here, not w: s(t) = (1 + w) shape(t) with shape(t) = 1 (constant), 2 (1 - t) (linear) or 1 + cos(pi t)
+    (cosine). Each shape averages to 1 over t in [0, 1], so the mean scale is the static 1 + w; the strength
+    used at t is w(t) = s(t) - 1, which starts at -1 (the unconditional prediction) at t = 1 and reaches 1 + 2w
+    at t = 0."""
 
     shape: str = "linear"
 
@@ -102,9 +105,9 @@ class ScheduledCFG(CFG):
 
     def strength(self, t: float, log_snr: float) -> float:
         if self.shape == "linear":
-            return 2 * self.w * (1 - t)
+            return (1 + self.w) * 2 * (1 - t) - 1
         if self.shape == "cosine":
-            return self.w * (1 + math.cos(math.pi * t))
+            return (1 + self.w) * (1 + math.cos(math.pi * t)) - 1
         return self.w
 
 

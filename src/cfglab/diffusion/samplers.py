@@ -129,7 +129,9 @@ class DPMSolverPP2M(Sampler):
 
     Uses the half log-SNR h = (lambda_s - lambda_t) / 2 of that paper; the first and the last step are first
     order (the first equals DDIM), which keeps the global error second order and the final step stable.
-    Uses only x0 from the denoiser.
+    Uses only x0 from the denoiser. A step of zero length (two grid times with the same log-SNR, where the
+    schedule's clipping flattens lambda(t)) leaves x unchanged and costs no network evaluation; the next step's
+    multistep ratio refers to the last step that moved.
     """
 
     uses_eps = False
@@ -142,16 +144,17 @@ class DPMSolverPP2M(Sampler):
         lam = schedule.log_snr(ts)
         alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
         h = (lam[1:] - lam[:-1]) / 2
-        x0_prev = None
+        x0_prev, h_prev = None, None
         for i in range(self.steps):
-            x0 = denoiser(x, float(ts[i]), labels).x0
-            if x0_prev is None or i == self.steps - 1:
-                d = x0
-            else:
-                r = float(h[i - 1] / h[i])
-                d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-            x = float(sigma[i + 1] / sigma[i]) * x - float(alpha[i + 1] * torch.expm1(-h[i])) * d
-            x0_prev = x0
+            if h[i] > 0:
+                x0 = denoiser(x, float(ts[i]), labels).x0
+                if x0_prev is None or i == self.steps - 1:
+                    d = x0
+                else:
+                    r = float(h_prev / h[i])
+                    d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+                x = float(sigma[i + 1] / sigma[i]) * x - float(alpha[i + 1] * torch.expm1(-h[i])) * d
+                x0_prev, h_prev = x0, h[i]
             if callback is not None:
                 callback(i)
         return x
