@@ -87,3 +87,54 @@ def make_mnist(folder, prefix, n=40, gz=True):
     write_idx(folder / f"{prefix}-images-idx3-ubyte{sfx}", images, gz)
     write_idx(folder / f"{prefix}-labels-idx1-ubyte{sfx}", labels, gz)
     return images, labels
+
+
+def wandb_records(run_dir):
+    """The protobuf records of an offline W&B run (its run-*.wandb file: a LevelDB-style log of 32 KiB blocks,
+    after a 7-byte ':W&B' header), as W&B's own sync reads them."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = next(Path(run_dir).glob("run-*.wandb")).read_bytes()
+    assert data[:4] == b":W&B"
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:  # zero padding at the end of a block or of the file
+            pos += left
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last fragment of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def wandb_history(run_dir) -> list[dict]:
+    """The history rows of an offline W&B run, each as {key: value}."""
+    import json
+
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+            for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "history"]
+
+
+def wandb_charts(run_dir) -> dict[str, dict]:
+    """The custom charts of an offline W&B run: {chart key: its field settings (x, y, stroke)}."""
+    import json
+
+    charts = {}
+    for r in wandb_records(run_dir):
+        if r.WhichOneof("record_type") == "config":
+            for u in r.config.update:
+                path = [*u.nested_key] or [u.key]
+                if path[:2] == ["_wandb", "visualize"]:
+                    charts[path[2]] = json.loads(u.value_json)["panel_config"]["fieldSettings"]
+    return charts

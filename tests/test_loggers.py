@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from cfglab.loggers import find_secrets, wandb_api_key_configured
-from helpers import ROOT
+from helpers import ROOT, wandb_records
 
 SECRET = "cfglab-test-secret-5f0c2a9e71d4"
 
@@ -26,7 +26,9 @@ def test_wandb_run_is_named_after_the_job_holds_the_config_and_no_api_key(tmp_pa
                  WANDB_API_KEY=SECRET)
     assert proc.returncode == 0, proc.stderr[-3000:]
     raw = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
-    assert b"module.p_uncond=0.3" in raw  # run name: the job's overrides
+    run = next(r.run for r in wandb_records(next((run_dir / "wandb").glob("offline-run-*")))
+               if r.WhichOneof("record_type") == "run")
+    assert run.display_name.endswith("logger=[csv,wandb,tensorboard] mode=offline p_uncond=0.3")  # short overrides
     assert b"data:digits" in raw and b"guidance:cfg" in raw  # tags: the config group choices
     assert b"warmup_steps" in raw and b"p_uncond" in raw  # the resolved config
     assert "p_uncond: 0.3" in next((run_dir / "csv").rglob("hparams.yaml")).read_text()

@@ -1,5 +1,6 @@
 """Hydra multiruns on this machine: experiment presets, non-colliding directories, the aggregation command."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 
 from cfglab.aggregate import collect
 from cfglab.config_checks import check_train_config
-from helpers import ROOT, SHARED_MNIST, composed
+from helpers import ROOT, SHARED_MNIST, composed, wandb_charts, wandb_records
 
 TINY = ["trainer.max_steps=20", "model.base_channels=16", "grids.ws=[0]", "grids.per_class=1", "sampler.steps=3",
         "sweep.ws=[0,2]", "sweep.num_samples=40", "sweep.batch_size=40",
@@ -36,8 +37,12 @@ def test_experiment_presets_compose_and_pass_the_checks(name, tmp_path):
         assert list(cfg.sweep.ws) == [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 2, 3, 4]
 
 
+def run_record(run_dir):
+    return next(r.run for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "run")
+
+
 def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path):
-    procs = [multirun(tmp_path, "module.p_uncond=0.1,0.5"),
+    procs = [multirun(tmp_path, "module.p_uncond=0.1,0.5", "logger=[csv,wandb]", "logger.wandb.mode=offline"),
              multirun(tmp_path, "module.p_uncond=0.2", "~callbacks.sweep", "logger=wandb", "logger.wandb.mode=offline")]
     for p in procs:
         out, _ = p.communicate(timeout=900)
@@ -46,11 +51,25 @@ def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path):
     assert len(sweeps) == 2  # started within the same second, yet separate
     big = next(d for d in sweeps if (d / "1").is_dir())
     small = next(d for d in sweeps if d != big)
-    raw = next(small.rglob("run-*.wandb")).read_bytes()
-    assert small.name.encode() in raw and b"module.p_uncond=0.2" in raw  # W&B group: the multirun; name: the job
+    # W&B: one run per job (a sequential multirun does not continue the previous job's run), named after what
+    # varies across the multirun, grouped by the multirun
+    runs = [run_record(next((big / str(job) / "wandb").glob("offline-run-*"))) for job in (0, 1)]
+    assert [r.display_name for r in runs] == ["p_uncond=0.1", "p_uncond=0.5"] and runs[0].run_id != runs[1].run_id
+    assert {r.run_group for r in runs} == {f"train_{big.parent.name}_{big.name}"}
+    single = run_record(next(small.rglob("offline-run-*")))
+    assert single.run_group == f"train_{small.parent.name}_{small.name}" and "p_uncond=0.2" in single.display_name
     proc = subprocess.run([sys.executable, str(ROOT / "aggregate.py"), str(big)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+                          cwd=ROOT, timeout=300, env={**os.environ, "WANDB_SILENT": "true"})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the runs logged to W&B, so the combined table and its plots go to a run of job type aggregate in their group
+    aggregate_dir = next((big / "wandb").glob("offline-run-*"))
+    combined = run_record(aggregate_dir)
+    assert (combined.job_type, combined.run_group) == ("aggregate", runs[0].run_group)
+    assert wandb_charts(aggregate_dir)["aggregate/fid_vs_w"] == {"x": "w", "y": "fid", "stroke": "run"}
+    table = json.loads(next(aggregate_dir.rglob("aggregate/table_*.table.json")).read_text())
+    assert sorted((row[0], row[2]) for row in table["data"]) == [
+        ("p_uncond=0.1", 0.0), ("p_uncond=0.1", 2.0), ("p_uncond=0.5", 0.0), ("p_uncond=0.5", 2.0)]
+    assert (big / "report.html").is_file()
     varying, rows = collect(big)
     assert varying == ["module.p_uncond"]
     assert sorted((r["module.p_uncond"], r["w"]) for r in rows) == [("0.1", 0.0), ("0.1", 2.0), ("0.5", 0.0), ("0.5", 2.0)]

@@ -19,7 +19,7 @@ from cfglab.diffusion.sampling import SamplingSettings, sample_batches
 from cfglab.lightning.guidance_sweep import GuidanceSweep
 from cfglab.metrics.fidelity import build_metrics
 from cfglab.sweep import SweepRecord, SweepSettings, balanced_labels, run_points
-from helpers import ROOT, small_module
+from helpers import wandb_charts, wandb_history, wandb_records, ROOT, small_module
 
 
 SETTINGS = SamplingSettings().resolve("cpu", data_range=1.0)
@@ -151,22 +151,37 @@ def test_every_guidance_config_is_a_sweep_axis(name, tmp_path):
     assert len({p["key"]["guidance"] for p in points}) == 3  # each point carries its own strength
 
 
-def test_autoguidance_sweeps_with_a_weaker_checkpoint(tmp_path):
-    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")}
+def run_record(run_dir):
+    return next(r.run for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "run")
+
+
+def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_runs_group(tmp_path):
+    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache"), "WANDB_SILENT": "true"}
     ckpts = {}
     for name, steps in (("weak", 5), ("strong", 30)):
         cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / name}", f"trainer.max_steps={steps}",
                "~callbacks.sweep", "grids.ws=[0]", "grids.per_class=1", "sampler.steps=2",
-               "trainer.enable_progress_bar=false"]
+               "trainer.enable_progress_bar=false", "logger=wandb", "logger.wandb.mode=offline", f"seed={steps}"]
         subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env, timeout=600)
         ckpts[name] = tmp_path / name / "checkpoints" / "last.ckpt"
     cmd = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt_path={ckpts['strong']}", f"hydra.run.dir={tmp_path / 'eval'}",
            "guidance=autoguidance", f"guidance.guide_ckpt={ckpts['weak']}", "sweep.ws=[0,2]", "sweep.num_samples=40",
-           "sampler.steps=4"]
+           "sampler.steps=4", "logger=wandb", "logger.wandb.mode=offline"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     points = json.loads((tmp_path / "eval" / "sweep.json").read_text())["points"]
     assert [p["nfe"] for p in points] == [4, 8]  # w = 0: the guiding network is not called
+    # the evaluation is a W&B run of job type eval in the training run's group, named after it
+    train = run_record(next((tmp_path / "strong" / "wandb").glob("offline-run-*")))
+    evaluation_dir = next((tmp_path / "eval" / "wandb").glob("offline-run-*"))
+    evaluation = run_record(evaluation_dir)
+    assert train.display_name.startswith("max_steps=30 sweep ws=[0]") and train.display_name.endswith("seed=30")
+    assert "/" not in train.display_name and train.job_type == "train"  # short overrides, no paths
+    assert train.run_group == f"train_{tmp_path.name}_strong"  # a single run: its own study
+    assert (evaluation.run_group, evaluation.job_type) == (train.run_group, "eval")
+    assert evaluation.display_name == f"{train.display_name} eval"
+    rows = [r for r in wandb_history(evaluation_dir) if "sweep/w" in r]
+    assert [(r["sweep/train_step"], r["sweep/w"], r["sweep/nfe"]) for r in rows] == [(30, 0.0, 4), (30, 2.0, 8)]
 
 
 def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):
@@ -186,13 +201,22 @@ def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):
 
     wandb.finish()
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
-    tables = list(run_dir.rglob("*.table.json"))
-    assert tables, "no W&B table written"
-    table = json.loads(tables[0].read_text())
-    assert table["columns"][:3] == ["w", "fid", "is"] and [row[0] for row in table["data"]] == [0.0, 1.0]
+    # one history row per (step, w), with w as the x axis of every sweep metric
+    rows = [r for r in wandb_history(run_dir) if "sweep/w" in r]
+    assert [(r["sweep/train_step"], r["sweep/w"]) for r in rows] == [(3, 0.0), (3, 1.0)]
+    assert all(isinstance(r["sweep/fid"], float) and r["sweep/nfe"] in (2, 4) for r in rows)
+    metrics = {r.metric.name: r.metric.step_metric for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "metric"}
+    assert metrics["sweep/fid"] == metrics["sweep/is"] == metrics["sweep/precision"] == "sweep/w"
+    assert not any(k.startswith(("sweep/fid/", "sweep/is/")) for r in wandb_history(run_dir) for k in r)  # w not in names
+    # the table carries the run and the values that define it; its line plots have one line (stroke) per run
+    table = json.loads(next(run_dir.rglob("sweep/table_*.table.json")).read_text())
+    assert table["columns"][:7] == ["run", "p_uncond", "target", "guidance", "sampler", "model", "step"]
+    assert [row[7] for row in table["data"]] == [0.0, 1.0] and table["data"][0][1] == 0.1
+    assert table["data"][0][4] == "DDIM(steps=2, eta=0.0)" and table["data"][0][5].startswith("UNet ")
+    charts = wandb_charts(run_dir)
+    assert charts["sweep/fid_vs_w"] == {"x": "w", "y": "fid", "stroke": "run"}
+    assert charts["sweep/fid_vs_is"] == {"x": "is", "y": "fid"}
     assert list(run_dir.rglob("*.png"))  # trade-off plot and sample grids as images
-    raw = next(run_dir.glob("*.wandb")).read_bytes()
-    assert b"sweep/fid/w=0" in raw and b"sweep/recall/w=1" in raw
 
 
 def test_periodic_sweeps_during_training_and_the_final_one_reuses_the_last(tmp_path):

@@ -1,11 +1,13 @@
-"""Collect the guidance sweeps of a multirun into one table and one trade-off plot (cf. Ho & Salimans 2022,
-Table 1: FID and IS for each p_uncond and w).
+"""Collect the guidance sweeps of a multirun (or of one run) into one table, one plot and one HTML report (cf. Ho
+& Salimans 2022, Table 1: FID and IS for each p_uncond and w).
 
-    python aggregate.py multirun/2026-11-25/16-08-20-123456 [--metrics fid is precision recall]
+    python aggregate.py multirun/2026-11-25/16-08-20-123456 [--metrics fid is precision recall] [--wandb]
 
 Each job directory holding a sweep.json is one run; the overrides that differ between runs (e.g.
 module.p_uncond) name it. Only each run's latest training step is used. Writes aggregate.csv (one row per run
-and w), aggregate.md (per metric: rows w, one column per run) and aggregate.png to the multirun directory.
+and w), aggregate.md (per metric: rows w, one column per run), aggregate.png and report.html (self-contained:
+curves, Pareto front, table, sample grids, configs) to that directory. With --wandb (or when the runs logged to
+W&B) the table and multi-series plots also go to a W&B run of job type "aggregate" in the multirun's group.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import argparse
 import csv
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import yaml
 
-from cfglab.sweep import plot_tradeoff
+from cfglab.loggers import run_group, wandb_api_key_configured
+from cfglab.report import write_report
+from cfglab.sweep import METRICS, plot_tradeoff
 
-METRICS = ("fid", "is", "precision", "recall")
+TABLE_METRICS = ("fid", "is", "precision", "recall")  # the markdown tables (all metrics are in the CSV)
 
 
 def job_overrides(job_dir: Path) -> dict[str, str]:
@@ -30,36 +34,46 @@ def job_overrides(job_dir: Path) -> dict[str, str]:
     return dict(o.split("=", 1) for o in yaml.safe_load(path.read_text()) or [] if "=" in o)
 
 
-def collect(multirun_dir: str | Path) -> tuple[list[str], list[dict]]:
-    """(names of the varying overrides, rows: those overrides + every metric of each run's latest-step point)."""
-    root = Path(multirun_dir)
+def find_runs(root: str | Path) -> list[dict]:
+    """Every run under `root` with a sweep: {"dir", "overrides", "step" (its latest), "points" (of that step)}."""
     runs = []
-    for sweep in sorted(root.rglob("sweep.json")):
+    for sweep in sorted(Path(root).rglob("sweep.json")):
         points = json.loads(sweep.read_text())["points"]
         if points:
             last = max(p.get("step", 0) for p in points)
-            runs.append((job_overrides(sweep.parent), [p for p in points if p.get("step", 0) == last]))
+            runs.append({"dir": sweep.parent, "overrides": job_overrides(sweep.parent), "step": last,
+                         "points": sorted((p for p in points if p.get("step", 0) == last), key=lambda p: p["w"])})
     if not runs:
         raise FileNotFoundError(f"no sweep.json with points under {str(root)!r}")
-    keys = sorted({k for o, _ in runs for k in o})
-    varying = [k for k in keys if len({o.get(k) for o, _ in runs}) > 1]
-    rows = []
-    for overrides, points in runs:
-        for p in sorted(points, key=lambda p: p["w"]):
-            rows.append({**{k: overrides.get(k, "") for k in varying}, **{k: v for k, v in p.items() if k != "key"}})
+    return runs
+
+
+def collect(multirun_dir: str | Path) -> tuple[list[str], list[dict]]:
+    """(names of the varying overrides, rows: the run's name, those overrides and every metric of each run's
+    latest-step point)."""
+    varying, rows, _ = _collect(find_runs(multirun_dir))
     return varying, rows
 
 
-def run_name(row: dict, varying: Sequence[str]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in varying if row[k] != "") or "run"
+def _collect(runs: list[dict]) -> tuple[list[str], list[dict], list[dict]]:
+    keys = sorted({k for r in runs for k in r["overrides"]})
+    varying = [k for k in keys if len({r["overrides"].get(k) for r in runs}) > 1]
+    rows = []
+    for run in runs:
+        run["name"] = ", ".join(f"{k.split('.')[-1]}={run['overrides'][k]}" for k in varying
+                                if run["overrides"].get(k, "") != "") or run["dir"].name
+        for p in run["points"]:
+            rows.append({"run": run["name"], **{k: run["overrides"].get(k, "") for k in varying},
+                         **{k: v for k, v in p.items() if k != "key"}})
+    return varying, rows, runs
 
 
-def markdown(varying: Sequence[str], rows: Sequence[dict], metrics: Sequence[str]) -> str:
-    runs = list(dict.fromkeys(run_name(r, varying) for r in rows))
+def markdown(rows: Sequence[dict], metrics: Sequence[str]) -> str:
+    runs = list(dict.fromkeys(r["run"] for r in rows))
     ws = sorted({r["w"] for r in rows})
     out = []
     for m in metrics:
-        table = {(run_name(r, varying), r["w"]): r.get(m) for r in rows}
+        table = {(r["run"], r["w"]): r.get(m) for r in rows}
         out += [f"### {m}", "", "| w | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
         for w in ws:
             cells = [f"{table[(r, w)]:.4g}" if isinstance(table.get((r, w)), float) else "" for r in runs]
@@ -68,27 +82,62 @@ def markdown(varying: Sequence[str], rows: Sequence[dict], metrics: Sequence[str
     return "\n".join(out)
 
 
-def aggregate(multirun_dir: str | Path, metrics: Sequence[str] = METRICS) -> Path:
+def aggregate(multirun_dir: str | Path, metrics: Sequence[str] = TABLE_METRICS, wandb_mode: Optional[str] = None) -> Path:
+    """Write the table, plot and report; log them to W&B when `wandb_mode` is "online"/"offline", or, for None,
+    when the runs logged there (offline unless an API key is configured)."""
     root = Path(multirun_dir)
-    varying, rows = collect(root)
+    varying, rows, runs = _collect(find_runs(root))
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with open(root / "aggregate.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    (root / "aggregate.md").write_text(markdown(varying, rows, metrics))
-    plot_tradeoff([{**r, "run": run_name(r, varying)} for r in rows], root / "aggregate.png", title=root.name, by="run")
+    (root / "aggregate.md").write_text(markdown(rows, metrics))
+    plot_tradeoff(rows, root / "aggregate.png", title=root.name, by="run")
+    for run in runs:
+        config = run["dir"] / ".hydra" / "config.yaml"
+        run["config"] = config.read_text() if config.is_file() else "(no .hydra/config.yaml)"
+    write_report(root / "report.html", f"cfglab: {root.name}", runs, rows)
+    if wandb_mode is None and any((r["dir"] / "wandb").is_dir() for r in runs):
+        wandb_mode = "online" if wandb_api_key_configured() else "offline"
+    if wandb_mode in ("online", "offline"):
+        log_to_wandb(root, runs, rows, wandb_mode)
     return root / "aggregate.md"
+
+
+def log_to_wandb(root: Path, runs: list[dict], rows: list[dict], mode: str) -> None:
+    """The combined table and its multi-series plots (one line per run) to a run of its own, in the group and
+    project the multirun's runs used (cfglab.loggers.run_group), saved under <root>/wandb."""
+    import wandb
+
+    from cfglab.wandb_sweep import trade_off_plots
+
+    config_file = runs[0]["dir"] / ".hydra" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    wandb_cfg = ((config or {}).get("logger") or {}).get("wandb") or {}
+    multirun = yaml.safe_load((root / "multirun.yaml").read_text()) if (root / "multirun.yaml").is_file() else None
+    experiment = ((multirun or {}).get("hydra", {}).get("runtime", {}).get("choices", {}) or {}).get("experiment")
+    group = wandb_cfg.get("group") or run_group(experiment, root, root if multirun else None)
+    columns = ["run", "step", "w", *METRICS, "nfe"]
+    run = wandb.init(project=wandb_cfg.get("project") or "cfglab", entity=wandb_cfg.get("entity"), group=group,
+                     job_type="aggregate", name=f"{root.name} aggregate", dir=str(root), mode=mode,
+                     config={"runs": [r["name"] for r in runs]})
+    table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+    run.log({"aggregate/table": table, **trade_off_plots(table, "aggregate"),
+             "aggregate/tradeoff": wandb.Image(str(root / "aggregate.png"))})
+    run.finish()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("multirun_dir")
-    parser.add_argument("--metrics", nargs="+", default=list(METRICS))
+    parser.add_argument("--metrics", nargs="+", default=list(TABLE_METRICS))
+    parser.add_argument("--wandb", choices=["online", "offline", "off"], default=None,
+                        help="log to W&B (default: when the runs did, online if an API key is configured)")
     args = parser.parse_args(argv)
-    path = aggregate(args.multirun_dir, args.metrics)
+    path = aggregate(args.multirun_dir, args.metrics, args.wandb)
     print(path.read_text())
-    print(f"written: {path.with_suffix('.csv')}, {path}, {path.with_suffix('.png')}")
+    print(f"written: {path.with_suffix('.csv')}, {path}, {path.with_suffix('.png')}, {path.parent / 'report.html'}")
 
 
 if __name__ == "__main__":

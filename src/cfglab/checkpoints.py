@@ -63,6 +63,13 @@ def stored_config(ckpt_path: str | Path, advice: str = "point ckpt_path at anoth
     return _config_of(read_checkpoint(ckpt_path, advice), ckpt_path)
 
 
+def run_identity(ckpt_path: str | Path) -> dict:
+    """The name and group of the training run that wrote a checkpoint (and its W&B project and id, if it logged
+    there); for a checkpoint without them, the run directory's name (<run>/checkpoints/<file>) and no group."""
+    stored = read_checkpoint(ckpt_path, "point ckpt_path at another checkpoint").get("cfglab_run")
+    return dict(stored) if stored else {"name": Path(ckpt_path).resolve().parent.parent.name, "group": None}
+
+
 def _config_of(ckpt: dict, path: str | Path) -> dict:
     if "cfglab_config" not in ckpt:
         raise ValueError(f"ckpt_path={str(path)!r} has no 'cfglab_config': not a checkpoint written by cfglab's train.py")

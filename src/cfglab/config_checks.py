@@ -40,9 +40,9 @@ from cfglab.sweep import ws_problems
 
 TRAIN_KEYS = {"data", "model", "schedule", "sampler", "guidance", "sampling", "sweep", "trainer", "logger",
               "callbacks", "metrics", "seed", "ckpt_path", "module", "grids", "hydra"}
-EVALUATE_KEYS = {"sampler", "guidance", "sampling", "sweep", "metrics", "ckpt_path", "device", "data", "hydra"}
+EVALUATE_KEYS = {"sampler", "guidance", "sampling", "sweep", "metrics", "ckpt_path", "device", "data", "logger", "hydra"}
 GENERATE_KEYS = {"sampler", "guidance", "sampling", "ckpt_path", "ws", "labels", "num_samples", "batch_size", "seed",
-                 "device", "png", "data", "hydra"}
+                 "device", "png", "data", "logger", "hydra"}
 HYDRA_ARGS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 SWEEP_KEYS = ("ws", "num_samples", "batch_size", "seed", "grid_per_class")
 _ABSENT = object()

@@ -5,15 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cfglab.checkpoints import load_guide_net, load_module
+from cfglab.checkpoints import load_guide_net, load_module, run_identity
 from cfglab.config_checks import check_evaluate_config
 from cfglab.devices import resolve_device
 from cfglab.grids import save_samples
+from cfglab.loggers import checkpoint_job_loggers, finish_wandb
 from cfglab.stamp import write_stamp
 from cfglab.sweep import SweepRecord, balanced_labels, format_table, plot_tradeoff, run_points, sweep_grid_path
+from cfglab.wandb_sweep import log_sweep, sweep_context
 
 
 def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
@@ -24,8 +27,13 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     device = resolve_device(cfg.device)
     datamodule, module = load_module(cfg.ckpt_path, data=OmegaConf.to_container(cfg.data))
     module.to(device)
-    write_stamp(out_dir, device)
+    stamp = write_stamp(out_dir, device)
     step = module.checkpoint_step
+    identity = run_identity(cfg.ckpt_path)
+    loggers = checkpoint_job_loggers(cfg.logger, identity, "eval")
+    for lg in loggers:  # the config was checked free of credentials
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "stamp": stamp, "training_run": identity,
+                            "checkpoint_step": step})
     sampling = instantiate(cfg.sampling).resolve(device, datamodule.data_range)
     guide_net = load_guide_net(guidance(w=0.0), module)
     metrics = instantiate(cfg.metrics)(datamodule)
@@ -35,11 +43,20 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     def on_point(point, images):
         save_samples(images, balanced_labels(len(images), module.num_classes), sweep_grid_path(out_dir, step, point["w"]),
                      sweep.grid_per_class)
+        for lg in loggers:  # W&B gets the points as rows with w as their axis at the end (cfglab.wandb_sweep)
+            if not isinstance(lg, WandbLogger):
+                lg.log_metrics({f"sweep/{k}/w={point['w']:g}": v for k, v in point.items()
+                                if isinstance(v, float) and k != "w"}, step=step)
 
     with tqdm(total=len(sweep.ws) * sweep.num_samples, desc="guidance sweep", unit="img") as bar:
         points = run_points(module, sweep, sampler, guidance, sampling, metrics, record, step, on_point, bar.update,
                             guide_net)
     plot_tradeoff(record.points, out_dir / "tradeoff.png", title=Path(cfg.ckpt_path).name)
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            log_sweep(lg.experiment, points, sweep_context(module, sampler, guidance), out_dir, step)
+        lg.finalize("success")
+    finish_wandb(loggers)
     print(format_table(points))
     print(f"results: {out_dir / 'sweep.csv'}, {out_dir / 'sweep.json'}, {out_dir / 'tradeoff.png'}")
     return points

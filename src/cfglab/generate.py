@@ -29,10 +29,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 
 from cfglab.atomic import atomic_write, atomic_write_text
-from cfglab.checkpoints import load_guide_net, load_module
+from cfglab.checkpoints import load_guide_net, load_module, run_identity
 from cfglab.config_checks import check_generate_config
 from cfglab.devices import resolve_device
 from cfglab.diffusion.sampling import sample_batch
+from cfglab.loggers import checkpoint_job_loggers, finish_wandb
 from cfglab.stamp import write_stamp
 from cfglab.sweep import balanced_labels
 
@@ -115,7 +116,27 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
             done.append(_assemble(wdir, request, labels, n_batches, cfg.png, stamp))
             log.info("w=%g: %d samples in %s (%.1f s)", w, cfg.num_samples, wdir / "samples.npz",
                      time.perf_counter() - t0)
+    if rank == 0:
+        _log(cfg, done, stamp)
     return done
+
+
+def _log(cfg: DictConfig, done: list[Path], stamp: dict) -> None:
+    """The metadata of every finished w (samples.json) to the chosen loggers: W&B gets a run of job type generate
+    in the training run's group, with one row per w and the metadata in its summary."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    loggers = checkpoint_job_loggers(cfg.logger, run_identity(cfg.ckpt_path), "generate")
+    for lg in loggers:
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "stamp": stamp})
+        for path in done:
+            meta = json.loads((path.parent / "samples.json").read_text())
+            w = meta["request"]["w"]
+            lg.log_metrics({"generate/w": w, "generate/nfe": meta["nfe_per_sample"], "generate/samples": meta["samples"]})
+            if isinstance(lg, WandbLogger):
+                lg.experiment.summary[f"generate/w={w:g}"] = {**meta, "path": str(path)}
+        lg.finalize("success")
+    finish_wandb(loggers)
 
 
 def _wait_for(paths: list[Path], stall_s: float = 600.0) -> None:

@@ -19,6 +19,7 @@ from cfglab.grids import guided_grids
 from cfglab.lightning.checkpoint_io import AtomicCheckpointIO
 from cfglab.lightning.guidance_sweep import GuidanceSweep
 from cfglab.lightning.preemption import stop_signal
+from cfglab.loggers import finish_wandb, training_run_identity
 from cfglab.stamp import run_stamp, write_stamp
 from cfglab.sweep import format_table
 
@@ -39,6 +40,8 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     config = OmegaConf.to_container(cfg, resolve=True)  # checked free of credentials by check_train_config
     stamp = write_stamp(output_dir, trainer.strategy.root_device) if trainer.is_global_zero else run_stamp()
+    if trainer.is_global_zero:
+        module.run_identity = training_run_identity(loggers, output_dir)
     for lg in loggers:
         lg.log_hyperparams({**config, "stamp": stamp})
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -54,5 +57,6 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
         for cb in (c for c in callbacks if isinstance(c, GuidanceSweep) and c.points):
             print(f"guidance sweep at step {trainer.global_step}:\n{format_table(cb.points)}")
             print(f"sweep results: {Path(cb.out_dir) / 'sweep.csv'}, {Path(cb.out_dir) / 'tradeoff.png'}")
+    finish_wandb(loggers)
     return {"grids": [str(p) for p in paths], "stopped_by": stopped_by,
             "train/loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}

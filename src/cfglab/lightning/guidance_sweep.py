@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
 
 from cfglab.checkpoints import load_guide_net
@@ -17,7 +18,8 @@ from cfglab.diffusion.samplers import DDIM, Sampler
 from cfglab.diffusion.sampling import SamplingSettings
 from cfglab.grids import save_samples
 from cfglab.lightning.preemption import stop_signal
-from cfglab.sweep import METRICS, SweepRecord, SweepSettings, balanced_labels, plot_tradeoff, run_points, sweep_grid_path
+from cfglab.sweep import SweepRecord, SweepSettings, balanced_labels, plot_tradeoff, run_points, sweep_grid_path
+from cfglab.wandb_sweep import log_sweep, sweep_context
 
 
 def sampling_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:
@@ -32,7 +34,8 @@ class GuidanceSweep(L.Callback):
     """Every `every_n_epochs` epochs (0: never) and at the end of fit, run the guidance sweep `sweep` (its ws,
     sample count, batch size, seed, grid size), measure each point with `metrics`, and write sweep.json /
     sweep.csv / tradeoff.png and one sample grid per w to `out_dir` (default: the trainer's root dir). Metrics go
-    to every logger as `sweep/<metric>/w=<w>`, and W&B also gets a table and line plots.
+    to every logger as `sweep/<metric>/w=<w>`, except W&B, which gets one row per point with w as its axis, a
+    table and line plots (cfglab.wandb_sweep).
 
     metrics: a callable datamodule -> FidelityMetrics (e.g. functools.partial(build_metrics, ...)), called once.
     guidance: the method without its strength (a class or functools.partial), called as guidance(w=...).
@@ -80,8 +83,9 @@ class GuidanceSweep(L.Callback):
             save_samples(images, balanced_labels(len(images), module.num_classes),
                          sweep_grid_path(out_dir, step, point["w"]), settings.grid_per_class)
             metrics = {f"sweep/{k}/w={point['w']:g}": v for k, v in point.items() if isinstance(v, float) and k != "w"}
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+            for logger in trainer.loggers:  # W&B gets rows with w as their axis instead (cfglab.wandb_sweep)
+                if not isinstance(logger, WandbLogger):
+                    logger.log_metrics(metrics, step=step)
 
         record = SweepRecord(out_dir)
         shard = (rank, world, partial(self._gather, trainer)) if world > 1 else None
@@ -111,28 +115,8 @@ class GuidanceSweep(L.Callback):
             batches.append(gathered[r, j * bs : j * bs + size])
         return torch.cat(batches)
 
-    @staticmethod
-    def _log_wandb(trainer, points, out_dir: Path, step: int) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if not loggers:
-            return
-        import wandb
-
-        cols = ["w", *METRICS, "nfe"]
-        table = wandb.Table(columns=cols, data=[[p.get(c) for c in cols] for p in points])
-        payload = {
-            "sweep/table": table,
-            "sweep/fid_vs_w": wandb.plot.line(table, "w", "fid", title="FID vs w"),
-            "sweep/is_vs_w": wandb.plot.line(table, "w", "is", title="IS vs w"),
-            "sweep/fid_vs_is": wandb.plot.scatter(table, "is", "fid", title="FID vs IS"),
-            "sweep/precision_vs_recall": wandb.plot.scatter(table, "recall", "precision", title="precision vs recall"),
-            "sweep/tradeoff": wandb.Image(str(out_dir / "tradeoff.png")),
-        }
-        for p in points:
-            grid = sweep_grid_path(out_dir, step, p["w"])
-            if grid.exists():
-                payload[f"sweep/samples/w={p['w']:g}"] = wandb.Image(str(grid))
-        for lg in loggers:
-            lg.experiment.log(payload)
+    def _log_wandb(self, trainer, points, out_dir: Path, step: int) -> None:
+        context = sweep_context(sampling_module(trainer, trainer.lightning_module), self.sampler, self.guidance)
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger):
+                log_sweep(lg.experiment, points, context, out_dir, step)

@@ -65,6 +65,7 @@ class CFGDiffusion(L.LightningModule):
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), int(warmup_steps)
         self.seed, self.compile_net = int(seed), bool(compile)
         self.build_config: Optional[dict] = None  # the config groups that rebuild this module (see cfglab.checkpoints)
+        self.run_identity: Optional[dict] = None  # the training run's name and group (cfglab.loggers)
 
     def setup(self, stage: str) -> None:
         if self.compile_net:
@@ -117,6 +118,8 @@ class CFGDiffusion(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.build_config is not None:
             checkpoint["cfglab_config"] = self.build_config
+        if self.run_identity is not None:
+            checkpoint["cfglab_run"] = self.run_identity
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)

@@ -1,0 +1,121 @@
+"""One self-contained HTML page for a run or a multirun: the trade-off curves with one line per run, the Pareto
+front of FID against IS, the table, every run's sample grid at every w, and each run's config.
+
+Everything is inside the file (images as data: URIs, no script, no stylesheet or font from elsewhere), so it
+opens from disk with no network: on an offline cluster, in a review, in a paper's supplement.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Sequence
+
+from cfglab.sweep import METRICS, sweep_grid_path
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
+th { background: #f2f2f2; }
+td.run { text-align: left; }
+tr.pareto td { font-weight: bold; }
+.plots, .grids { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; }
+figcaption { font-size: 0.85em; text-align: center; }
+.grids img { image-rendering: pixelated; width: 160px; }
+pre { background: #f7f7f7; padding: 0.5em; font-size: 0.8em; max-height: 30em; overflow: auto; }
+"""
+
+
+def pareto_front(points: Sequence[dict]) -> list[int]:
+    """Indices of the points no other point beats on both FID (lower) and IS (higher)."""
+    front = []
+    for i, p in enumerate(points):
+        dominated = any(q["fid"] <= p["fid"] and q["is"] >= p["is"] and (q["fid"], q["is"]) != (p["fid"], p["is"])
+                        for q in points)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _file_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def trade_off_figures(rows: Sequence[dict]) -> dict[str, str]:
+    """{caption: PNG data URI}: FID and IS against w, one line per run; FID against IS with the Pareto front of
+    all points; precision against recall."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    figures = {}
+    for caption, (xk, yk) in {"FID vs w": ("w", "fid"), "IS vs w": ("w", "is"),
+                              "FID vs IS, Pareto front dashed": ("is", "fid"),
+                              "precision vs recall": ("recall", "precision")}.items():
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for run in runs:
+            pts = sorted((r for r in rows if r["run"] == run and r.get(xk) is not None and r.get(yk) is not None),
+                         key=lambda r: r["w"])
+            ax.plot([r[xk] for r in pts], [r[yk] for r in pts], "o-", label=run, markersize=4)
+            if xk != "w":
+                for r in pts:
+                    ax.annotate(f"{r['w']:g}", (r[xk], r[yk]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        if xk == "is":
+            scored = [r for r in rows if isinstance(r.get("fid"), float) and isinstance(r.get("is"), float)]
+            front = sorted((scored[i] for i in pareto_front(scored)), key=lambda r: r["is"])
+            ax.plot([r["is"] for r in front], [r["fid"] for r in front], "k--", linewidth=1, label="Pareto front")
+        ax.set(xlabel=xk if xk != "is" else "IS", ylabel=yk if yk != "fid" else "FID", title=caption)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        figures[caption] = _png(fig)
+        plt.close(fig)
+    return figures
+
+
+def write_report(path: str | Path, title: str, runs: Sequence[dict], rows: Sequence[dict]) -> Path:
+    """runs: {"name", "dir", "step", "config" (YAML text)}; rows: one per (run, w) with "run", "w" and metrics."""
+    esc = html.escape
+    scored = [r for r in rows if isinstance(r.get("fid"), float) and isinstance(r.get("is"), float)]
+    front = {id(scored[i]) for i in pareto_front(scored)}
+    metrics = [m for m in (*METRICS, "nfe") if any(isinstance(r.get(m), (int, float)) for r in rows)]
+    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
+           f"<h1>{esc(title)}</h1>",
+           f"<p>{len(runs)} run(s), guidance strengths w = {', '.join(f'{w:g}' for w in sorted({r['w'] for r in rows}))}"
+           " (the paper's w: eps~ = (1 + w) eps(x, c) - w eps(x, null)).</p>",
+           "<h2>Trade-off curves</h2>", '<div class="plots">']
+    for caption, uri in trade_off_figures(rows).items():
+        out.append(f'<figure><img class="plot" alt="{esc(caption)}" src="{uri}"><figcaption>{esc(caption)}</figcaption>'
+                   "</figure>")
+    out += ["</div>", "<h2>Table</h2>", "<p>Bold: on the Pareto front of FID against IS over all runs.</p>",
+            "<table><tr><th>run</th><th>w</th>" + "".join(f"<th>{esc(m)}</th>" for m in metrics) + "</tr>"]
+    for r in rows:
+        cells = "".join(f"<td>{r[m]:.4g}</td>" if isinstance(r.get(m), (int, float)) else "<td></td>" for m in metrics)
+        pareto = ' class="pareto"' if id(r) in front else ""
+        out.append(f'<tr{pareto}><td class="run">{esc(r["run"])}</td><td>{r["w"]:g}</td>{cells}</tr>')
+    out += ["</table>", "<h2>Samples and configs</h2>"]
+    for run in runs:
+        out += [f"<h3>{esc(run['name'])}</h3>", f"<p>{esc(str(run['dir']))}, training step {run['step']}</p>",
+                '<div class="grids">']
+        for r in (r for r in rows if r["run"] == run["name"]):
+            grid = sweep_grid_path(run["dir"], run["step"], r["w"])
+            if grid.is_file():
+                out.append(f'<figure><img class="grid" alt="samples at w={r["w"]:g}" src="{_file_uri(grid)}">'
+                           f"<figcaption>w = {r['w']:g}</figcaption></figure>")
+        out += ["</div>", f"<details><summary>config</summary><pre>{esc(run['config'])}</pre></details>"]
+    out.append("</body></html>")
+    path = Path(path)
+    path.write_text("\n".join(out))
+    return path

@@ -1,0 +1,71 @@
+"""Guidance sweeps on W&B, shaped so that its UI draws the trade-off curves across runs without hand-editing.
+
+Each point of a sweep is one history row: `sweep/w`, `sweep/train_step` and the metrics `sweep/fid`, `sweep/is`,
+... . `define_metric` makes `sweep/w` their x axis, so a W&B line plot of `sweep/fid` is FID against w with one
+line per run (and choosing `sweep/is` as the x axis gives FID against IS from the same rows). The sweep table
+carries the run's name and the values that define it, and its plots take one line per run (`stroke`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from cfglab.sweep import METRICS, sweep_grid_path
+
+ROW_KEYS = (*METRICS, "nfe")
+
+
+def sweep_context(module, sampler, guidance) -> dict[str, Any]:
+    """The values that define a sweep's run, as table columns: p_uncond, prediction target, guidance method and
+    sampler (with their settings), model (class and size)."""
+    params = sum(p.numel() for p in module.net.parameters())
+    return {"p_uncond": module.p_uncond, "target": module.target, "guidance": repr(guidance(w=0.0)).replace("w=0.0, ", ""),
+            "sampler": repr(sampler), "model": f"{type(module.net).__name__} {params / 1e6:.2f}M"}
+
+
+def define_sweep_axes(run) -> None:
+    run.define_metric("sweep/train_step")
+    run.define_metric("sweep/w", summary="none")
+    for key in ROW_KEYS:
+        run.define_metric(f"sweep/{key}", step_metric="sweep/w", summary="none")
+
+
+def sweep_table(run_name: str, points: Sequence[dict], context: dict[str, Any]):
+    import wandb
+
+    columns = ["run", *context, "step", "w", *ROW_KEYS]
+    rows = [[run_name, *context.values(), p.get("step", 0), p["w"], *(p.get(k) for k in ROW_KEYS)] for p in points]
+    return wandb.Table(columns=columns, data=rows)
+
+
+def trade_off_plots(table, prefix: str) -> dict[str, Any]:
+    """FID and IS against w, one line per run; FID against IS and precision against recall as scatter plots."""
+    import wandb
+
+    return {
+        f"{prefix}/fid_vs_w": wandb.plot.line(table, "w", "fid", stroke="run", title="FID vs w"),
+        f"{prefix}/is_vs_w": wandb.plot.line(table, "w", "is", stroke="run", title="IS vs w"),
+        f"{prefix}/fid_vs_is": wandb.plot.scatter(table, "is", "fid", title="FID vs IS"),
+        f"{prefix}/precision_vs_recall": wandb.plot.scatter(table, "recall", "precision", title="precision vs recall"),
+    }
+
+
+def log_sweep(run, points: Sequence[dict], context: dict[str, Any], out_dir: str | Path, step: int) -> None:
+    """One history row per point, then the table, its plots, the trade-off figure and the sample grids."""
+    import wandb
+
+    define_sweep_axes(run)
+    for p in sorted(points, key=lambda p: p["w"]):
+        run.log({"sweep/w": p["w"], "sweep/train_step": step,
+                 **{f"sweep/{k}": p[k] for k in ROW_KEYS if isinstance(p.get(k), (int, float))}})
+    table = sweep_table(run.name, points, context)
+    payload = {"sweep/table": table, **trade_off_plots(table, "sweep")}
+    out_dir = Path(out_dir)
+    if (out_dir / "tradeoff.png").is_file():
+        payload["sweep/tradeoff"] = wandb.Image(str(out_dir / "tradeoff.png"))
+    for p in points:
+        grid = sweep_grid_path(out_dir, step, p["w"])
+        if grid.is_file():
+            payload[f"sweep/samples/w={p['w']:g}"] = wandb.Image(str(grid), caption=f"w={p['w']:g}, step {step}")
+    run.log(payload)

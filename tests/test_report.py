@@ -1,0 +1,107 @@
+"""The offline HTML report of a multirun, rendered in a real headless browser (Debian's chromium, driven by
+Selenium through chromedriver): every image loads, the curves are drawn, nothing is fetched from outside the file."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cfglab.aggregate import aggregate
+from cfglab.report import pareto_front
+from cfglab.sweep import sweep_grid_path
+from helpers import ROOT
+
+P_UNCONDS = (0.1, 0.2, 0.5)
+WS = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+def fake_multirun(root):
+    """Three finished runs as train.py leaves them: sweep.json, sample grids, .hydra config and overrides. FID falls
+    then rises with w, IS rises, recall falls (the shape of the paper's trade-off)."""
+    for job, p_uncond in enumerate(P_UNCONDS):
+        run = root / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- module.p_uncond={p_uncond}\n- trainer.max_steps=500\n")
+        (run / ".hydra" / "config.yaml").write_text(f"module:\n  p_uncond: {p_uncond}\n")
+        points = []
+        for w in WS:
+            fid = 20 + 8 * (w - 1 - p_uncond) ** 2
+            points.append({"w": w, "step": 500, "fid": fid, "is": 5 + w * (1 + p_uncond), "kid": fid / 100,
+                           "precision": 0.5 + 0.1 * w, "recall": 0.6 - 0.1 * w, "accuracy": 0.8, "nfe": 100.0})
+            rng = np.random.default_rng(job * 10 + int(w * 2))
+            grid = sweep_grid_path(run, 500, w)
+            grid.parent.mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(grid)
+        (run / "sweep.json").write_text(json.dumps({"points": points}))
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_fid_and_is():
+    pts = [{"fid": 10, "is": 5}, {"fid": 12, "is": 8}, {"fid": 11, "is": 4}, {"fid": 15, "is": 8}, {"fid": 9, "is": 2}]
+    assert pareto_front(pts) == [0, 1, 4]
+
+
+def test_report_holds_curves_table_grids_and_configs(tmp_path):
+    fake_multirun(tmp_path)
+    aggregate(tmp_path, wandb_mode="off")
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('<img class="plot"') == 4 and page.count('<img class="grid"') == len(P_UNCONDS) * len(WS)
+    assert all(f"<h3>p_uncond={p}</h3>" in page for p in P_UNCONDS) and "p_uncond: 0.5" in page
+    assert page.count("<tr") == 1 + len(P_UNCONDS) * len(WS) and 'class="pareto"' in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def non_white_fraction(png: bytes) -> float:
+    import io
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return float((pixels.min(-1) < 200).mean())
+
+
+def test_report_renders_offline_in_a_real_browser(tmp_path):
+    fake_multirun(tmp_path)
+    aggregate(tmp_path, wandb_mode="off")
+    driver = browser()
+    try:
+        driver.get((tmp_path / "report.html").as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.className, i.complete, i.naturalWidth, i.naturalHeight])")
+        assert len(images) == 4 + len(P_UNCONDS) * len(WS)
+        assert all(done and width > 0 and height > 0 for _, done, width, height in images), images
+        for plot in driver.find_elements("css selector", "img.plot"):
+            assert non_white_fraction(plot.screenshot_as_png) > 0.02  # axes, lines and markers, not a blank box
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        requests = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
+        urls = [m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"]
+        assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1400, height)
+        driver.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        driver.quit()
+
+
+def test_aggregate_py_writes_the_report_for_a_single_run(tmp_path):
+    fake_multirun(tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "aggregate.py"), str(tmp_path / "1"), "--wandb", "off"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (tmp_path / "1" / "report.html").read_text()
+    assert page.count('<img class="grid"') == len(WS) and "<h3>1</h3>" in page
