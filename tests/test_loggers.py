@@ -28,7 +28,9 @@ def test_wandb_run_is_named_after_the_job_holds_the_config_and_no_api_key(tmp_pa
     raw = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
     run = next(r.run for r in wandb_records(next((run_dir / "wandb").glob("offline-run-*")))
                if r.WhichOneof("record_type") == "run")
-    assert run.display_name.endswith("logger=[csv,wandb,tensorboard] mode=offline p_uncond=0.3")  # short overrides
+    # the job's overrides, shortened (no paths: hydra.run.dir is not among them), at most 128 characters
+    assert run.display_name.startswith("max_steps=4 sweep ws=[0] per_class=1 steps=2 base_channels=16")
+    assert len(run.display_name) <= 128 and "/" not in run.display_name
     assert b"data:digits" in raw and b"guidance:cfg" in raw  # tags: the config group choices
     assert b"warmup_steps" in raw and b"p_uncond" in raw  # the resolved config
     assert "p_uncond: 0.3" in next((run_dir / "csv").rglob("hparams.yaml")).read_text()

@@ -124,7 +124,8 @@ def test_malicious_checkpoint_is_refused(tmp_path):
 
     bad = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "cfglab_config": {}, "payload": Exploit()}, bad)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match="holds objects that only arbitrary code can unpickle") as err:
         load_module(bad)
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)
     with pytest.raises(FileNotFoundError, match="ckpt_path='/nowhere.ckpt'"):
         load_module("/nowhere.ckpt")

@@ -53,7 +53,12 @@ def read_checkpoint(path: str | Path, advice: str) -> dict:
     a ValueError naming it and saying what to do (`advice`), not an unpickling traceback."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as e:
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):  # whole, but it needs arbitrary code to unpickle
+            raise ValueError(f"{str(path)!r} holds objects that only arbitrary code can unpickle, and cfglab loads "
+                             f"checkpoints with weights_only=True: {advice}") from e
+        raise ValueError(f"{str(path)!r} is truncated or corrupt, not a readable checkpoint ({e}): {advice}") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ValueError(f"{str(path)!r} is truncated or corrupt, not a readable checkpoint "
                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__}): {advice}") from e
 
