@@ -223,7 +223,7 @@ def test_multirun_with_one_bad_job_launches_nothing(launcher, tmp_path):
     proc = run_script("train.py", "-m", *launcher, f"hydra.sweep.dir={sweep_dir}", "module.p_uncond=0.1,0.2,1.5,0.5",
                       "trainer.max_steps=5", "logger=wandb", "logger.wandb.mode=offline")
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "bad multirun, nothing was launched (1 of 4 jobs have problems)" in proc.stderr, proc.stderr
+    assert "bad multirun, nothing was launched:\n  1 of 4 jobs have problems:" in proc.stderr, proc.stderr
     assert ("job 2 (module.p_uncond=1.5 trainer.max_steps=5 logger=wandb logger.wandb.mode=offline):\n"
             "    module: p_uncond=1.5 must lie in [0, 1]") in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not sweep_dir.exists()

@@ -103,7 +103,7 @@ def test_multirun_with_a_bad_job_submits_nothing(slurm, tmp_path):
     proc = launch(sweep_dir, "trainer.max_steps=5", "module.p_uncond=0.1,1.5,0.2")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, out[-3000:]
-    assert "(1 of 3 jobs have problems)" in out and "module: p_uncond=1.5 must lie in [0, 1]" in out, out[-3000:]
+    assert "1 of 3 jobs have problems:" in out and "module: p_uncond=1.5 must lie in [0, 1]" in out, out[-3000:]
     assert not sweep_dir.exists()
     assert jobs() == before and run_slurm("squeue", "-h", "-a").strip() == ""
 

@@ -553,8 +553,9 @@ class CheckConfig(Callback):
         HydraConfig.instance().set_config(config)
         if not p.lines and not failed:
             return
-        lines = [f"bad multirun, nothing was launched ({len(failed)} of {len(jobs)} jobs have problems):"]
-        lines += [f"  {k}: {m}" for k, m in p.lines]
+        lines = ["bad multirun, nothing was launched:", *(f"  {k}: {m}" for k, m in p.lines)]
+        if failed:
+            lines.append(f"  {len(failed)} of {len(jobs)} jobs have problems:")
         for num, overrides, problems in failed:
             lines.append(f"  job {num} ({' '.join(overrides) or 'no overrides'}):")
             lines += [f"    {k}: {m}" for k, m in problems]

@@ -46,8 +46,9 @@ def idx_shape(path: str | Path) -> tuple[int, ...]:
     else:
         size = path.stat().st_size
     if size != expected:
-        raise ValueError(f"{path}: its header declares shape {shape} ({expected} bytes) but the file holds {size} "
-                         "bytes (truncated or damaged): download it again")
+        holds = "its gzip trailer records" if path.suffix == ".gz" else "the file holds"
+        raise ValueError(f"{path}: its header declares shape {shape} ({expected} bytes) but {holds} {size} bytes "
+                         "(truncated or damaged): download it again")
     return shape
 
 
