@@ -138,3 +138,8 @@ def wandb_charts(run_dir) -> dict[str, dict]:
                 if path[:2] == ["_wandb", "visualize"]:
                     charts[path[2]] = json.loads(u.value_json)["panel_config"]["fieldSettings"]
     return charts
+
+
+def wandb_run(run_dir):
+    """The run record (name, group, job type, ...) of an offline W&B run."""
+    return next(r.run for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "run")

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from cfglab.loggers import find_secrets, wandb_api_key_configured
-from helpers import ROOT, wandb_records
+from helpers import ROOT, wandb_run
 
 SECRET = "cfglab-test-secret-5f0c2a9e71d4"
 
@@ -26,8 +26,7 @@ def test_wandb_run_is_named_after_the_job_holds_the_config_and_no_api_key(tmp_pa
                  WANDB_API_KEY=SECRET)
     assert proc.returncode == 0, proc.stderr[-3000:]
     raw = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
-    run = next(r.run for r in wandb_records(next((run_dir / "wandb").glob("offline-run-*")))
-               if r.WhichOneof("record_type") == "run")
+    run = wandb_run(next((run_dir / "wandb").glob("offline-run-*")))
     # the job's overrides, shortened (no paths: hydra.run.dir is not among them), at most 128 characters
     assert run.display_name.startswith("max_steps=4 sweep ws=[0] per_class=1 steps=2 base_channels=16")
     assert len(run.display_name) <= 128 and "/" not in run.display_name

@@ -9,7 +9,7 @@ import pytest
 
 from cfglab.aggregate import collect
 from cfglab.config_checks import check_train_config
-from helpers import ROOT, SHARED_MNIST, composed, wandb_charts, wandb_records
+from helpers import ROOT, SHARED_MNIST, composed, wandb_charts, wandb_run
 
 TINY = ["trainer.max_steps=20", "model.base_channels=16", "grids.ws=[0]", "grids.per_class=1", "sampler.steps=3",
         "sweep.ws=[0,2]", "sweep.num_samples=40", "sweep.batch_size=40",
@@ -37,10 +37,6 @@ def test_experiment_presets_compose_and_pass_the_checks(name, tmp_path):
         assert list(cfg.sweep.ws) == [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 2, 3, 4]
 
 
-def run_record(run_dir):
-    return next(r.run for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "run")
-
-
 def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path):
     procs = [multirun(tmp_path, "module.p_uncond=0.1,0.5", "logger=[csv,wandb]", "logger.wandb.mode=offline"),
              multirun(tmp_path, "module.p_uncond=0.2", "~callbacks.sweep", "logger=wandb", "logger.wandb.mode=offline")]
@@ -53,10 +49,10 @@ def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path):
     small = next(d for d in sweeps if d != big)
     # W&B: one run per job (a sequential multirun does not continue the previous job's run), named after what
     # varies across the multirun, grouped by the multirun
-    runs = [run_record(next((big / str(job) / "wandb").glob("offline-run-*"))) for job in (0, 1)]
+    runs = [wandb_run(next((big / str(job) / "wandb").glob("offline-run-*"))) for job in (0, 1)]
     assert [r.display_name for r in runs] == ["p_uncond=0.1", "p_uncond=0.5"] and runs[0].run_id != runs[1].run_id
     assert {r.run_group for r in runs} == {f"train_{big.parent.name}_{big.name}"}
-    single = run_record(next(small.rglob("offline-run-*")))
+    single = wandb_run(next(small.rglob("offline-run-*")))
     # a multirun of one job is named like a single run: its overrides, shortened, at most 128 characters
     assert single.run_group == f"train_{small.parent.name}_{small.name}"
     assert single.display_name.startswith("max_steps=20 base_channels=16 ws=[0]") and len(single.display_name) <= 128
@@ -65,7 +61,7 @@ def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     # the runs logged to W&B, so the combined table and its plots go to a run of job type aggregate in their group
     aggregate_dir = next((big / "wandb").glob("offline-run-*"))
-    combined = run_record(aggregate_dir)
+    combined = wandb_run(aggregate_dir)
     assert (combined.job_type, combined.run_group) == ("aggregate", runs[0].run_group)
     assert wandb_charts(aggregate_dir)["aggregate/fid_vs_w"] == {"x": "w", "y": "fid", "stroke": "run"}
     table = json.loads(next(aggregate_dir.rglob("aggregate/table_*.table.json")).read_text())

@@ -19,7 +19,7 @@ from cfglab.diffusion.sampling import SamplingSettings, sample_batches
 from cfglab.lightning.guidance_sweep import GuidanceSweep
 from cfglab.metrics.fidelity import build_metrics
 from cfglab.sweep import SweepRecord, SweepSettings, balanced_labels, run_points
-from helpers import wandb_charts, wandb_history, wandb_records, ROOT, small_module
+from helpers import wandb_charts, wandb_history, wandb_records, wandb_run, ROOT, small_module
 
 
 SETTINGS = SamplingSettings().resolve("cpu", data_range=1.0)
@@ -151,10 +151,6 @@ def test_every_guidance_config_is_a_sweep_axis(name, tmp_path):
     assert len({p["key"]["guidance"] for p in points}) == 3  # each point carries its own strength
 
 
-def run_record(run_dir):
-    return next(r.run for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "run")
-
-
 def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_runs_group(tmp_path):
     env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache"), "WANDB_SILENT": "true"}
     ckpts = {}
@@ -172,9 +168,9 @@ def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_r
     points = json.loads((tmp_path / "eval" / "sweep.json").read_text())["points"]
     assert [p["nfe"] for p in points] == [4, 8]  # w = 0: the guiding network is not called
     # the evaluation is a W&B run of job type eval in the training run's group, named after it
-    train = run_record(next((tmp_path / "strong" / "wandb").glob("offline-run-*")))
+    train = wandb_run(next((tmp_path / "strong" / "wandb").glob("offline-run-*")))
     evaluation_dir = next((tmp_path / "eval" / "wandb").glob("offline-run-*"))
-    evaluation = run_record(evaluation_dir)
+    evaluation = wandb_run(evaluation_dir)
     assert train.display_name.startswith("max_steps=30 sweep ws=[0]") and train.display_name.endswith("seed=30")
     assert "/" not in train.display_name and train.job_type == "train"  # short overrides, no paths
     assert train.run_group == f"train_{tmp_path.name}_strong"  # a single run: its own study
