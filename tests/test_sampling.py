@@ -117,5 +117,5 @@ def test_the_import_graph_has_no_edge_back_up_and_the_diffusion_core_is_plain_py
         assert not names & jobs, f"{path.relative_to(src)} imports a job module: {names & jobs}"
         if path.parent.name == "diffusion":
             outside = {n for n in names if n.split(".")[0] not in ("torch", "__future__", "math", "dataclasses",
-                                                                    "typing")}
+                                                                    "functools", "typing")}
             assert all(n.startswith("cfglab.diffusion") or n == "cfglab.images" for n in outside), (path.name, outside)

@@ -36,10 +36,11 @@ from cfglab.checkpoints import MOVED_MODULE_KEYS, data_config, read_checkpoint, 
 from cfglab.devices import cuda_unavailable_reason, resolve_device
 from cfglab.diffusion.guidance import check_sampler_guidance
 from cfglab.loggers import find_secrets
+from cfglab.models.student import TEACHER_ADVICE
 from cfglab.sweep import ws_problems
 
 TRAIN_KEYS = {"data", "model", "schedule", "sampler", "guidance", "sampling", "sweep", "trainer", "logger",
-              "callbacks", "metrics", "seed", "ckpt_path", "module", "grids", "hydra"}
+              "callbacks", "metrics", "seed", "ckpt_path", "teacher_ckpt", "module", "grids", "hydra"}
 EVALUATE_KEYS = {"sampler", "guidance", "sampling", "sweep", "metrics", "ckpt_path", "device", "data", "logger", "hydra"}
 GENERATE_KEYS = {"sampler", "guidance", "sampling", "ckpt_path", "ws", "labels", "num_samples", "batch_size", "seed",
                  "device", "png", "data", "logger", "hydra"}
@@ -129,10 +130,18 @@ def check_train_config(cfg: DictConfig) -> None:
     p = _Problems()
     _check_top_level(cfg, TRAIN_KEYS, "train", p)
     _check_arguments(cfg, "", p)
+    teacher = _value(cfg, "teacher_ckpt")
+    if teacher not in (None, _MISSING) and "teacher_ckpt" not in cfg.module:
+        p.add("teacher_ckpt", f"{teacher!r} would not be read: {cfg.module.get('_target_')} has no teacher (guidance "
+                              "distillation: experiment=distill_mnist or progressive_mnist)")
+    elif teacher not in (None, _MISSING) and not Path(teacher).is_file():
+        p.add("teacher_ckpt", f"{teacher!r} is not a file")
+    elif teacher not in (None, _MISSING):
+        p.build("teacher_ckpt", lambda: stored_config(teacher, TEACHER_ADVICE))
     data = p.build("data", lambda: instantiate(cfg.data))
-    schedule = p.build("schedule", lambda: instantiate(cfg.schedule))
+    schedule = None if _depends_on_reported(cfg.schedule, p) else p.build("schedule", lambda: instantiate(cfg.schedule))
     net = None
-    if data is not None:
+    if data is not None and not _depends_on_reported(cfg.model, p):
         shape = {"image_size": data.image_size, "in_channels": data.channels, "num_classes": data.num_classes}
         for k, v in shape.items():
             if k in cfg.model and cfg.model[k] != v:
@@ -140,13 +149,19 @@ def check_train_config(cfg: DictConfig) -> None:
         with torch.device("meta"):  # constructors check shapes without allocating the weights
             net = p.build("model", lambda: instantiate(cfg.model, **shape))
         _check_batch_size(cfg, data, p)
-    # The module's own values are checked even when a group it is built from failed: stand-ins take its place.
-    p.build("module", lambda: instantiate(cfg.module, net=net or torch.nn.Identity(), schedule=schedule or Cosine(),
-                                          num_classes=data.num_classes if data is not None else 1))
+    # The module's own values are checked even when a group it is built from failed: stand-ins take its place,
+    # except for a distillation module, which compares them with its teacher's.
+    stand_ins = net is None or schedule is None or data is None
+    if not _depends_on_reported(cfg.module, p) and not (stand_ins and "teacher_ckpt" in cfg.module):
+        p.build("module", lambda: instantiate(cfg.module, net=net or torch.nn.Identity(),
+                                              schedule=schedule or Cosine(),
+                                              num_classes=data.num_classes if data is not None else 1))
     _check_metrics(cfg.metrics, "metrics", data, p)
     _check_sampling(cfg, p, data, cfg)
     _check_sweep(cfg, p)
     _check_guidance_grid(cfg, "grids.ws", p, allow_empty=True)
+    for key in ("sweep.ws", "grids.ws"):
+        _check_student(cfg, key, getattr(net, "guidance_range", None), schedule, p)
     for name, node in (cfg.callbacks or {}).items():
         if node is not None and not _depends_on_reported(node, p):
             p.build(f"callbacks.{name}", lambda node=node: instantiate(node))
@@ -162,14 +177,42 @@ def check_train_config(cfg: DictConfig) -> None:
     p.raise_if_any("train")
 
 
+def check_distill_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every problem of a distill.py config: its rounds, and the first round's
+    train.py config (the later rounds differ only in their steps and their teacher, the round before)."""
+    from cfglab.lightning.distillation import ProgressiveDistillation
+    from cfglab.progressive import rounds_problems
+
+    p = _Problems()
+    rounds = _show(_value(cfg, "rounds"))
+    for message in rounds_problems(rounds) if rounds is not _MISSING else []:
+        p.add("rounds", message)
+    if not str(cfg.module.get("_target_", "")).endswith(ProgressiveDistillation.__name__):
+        p.add("module", f"{cfg.module.get('_target_')!r}: distill.py runs progressive distillation rounds; use "
+                        "experiment=progressive_mnist or module._target_=cfglab.lightning.distillation."
+                        "ProgressiveDistillation")
+    round_cfg = copy.deepcopy(cfg)
+    with open_dict(round_cfg):
+        round_cfg.pop("rounds")
+        if not p.lines:
+            round_cfg.module.student_steps = rounds[0]
+    try:
+        check_train_config(round_cfg)
+    except ConfigError as e:
+        for key, message in e.lines:
+            p.add(key, message)
+    p.raise_if_any("distill")
+
+
 RESUME_ADVICE = ("move it aside to start afresh (or to resume from an earlier checkpoint: ckpt_path=<its path>); "
                  "checkpoints are written atomically, so this file was damaged after it was written")
 
 
 def check_evaluate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of an evaluate.py config."""
-    p, _ = _checkpoint_job_problems(cfg, EVALUATE_KEYS, "evaluate")
+    p, stored = _checkpoint_job_problems(cfg, EVALUATE_KEYS, "evaluate")
     _check_sweep(cfg, p)
+    _check_student(cfg, "sweep.ws", _stored_guidance_range(stored), stored and stored["schedule"], p)
     _check_metrics(cfg.metrics, "metrics", None, p)
     p.raise_if_any("evaluate")
 
@@ -178,6 +221,7 @@ def check_generate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of a generate.py config."""
     p, stored = _checkpoint_job_problems(cfg, GENERATE_KEYS, "generate")
     _check_guidance_grid(cfg, "ws", p)
+    _check_student(cfg, "ws", _stored_guidance_range(stored), stored and stored["schedule"], p)
     _positive(cfg, "", ("num_samples", "batch_size"), p)
     labels = _value(cfg, "labels")
     items = list(labels) if isinstance(labels, ListConfig) else [labels]
@@ -246,6 +290,26 @@ def _check_sampling(cfg: DictConfig, p: _Problems, data, model_config: Optional[
             if ours != theirs:
                 p.add("guidance.guide_ckpt", f"{guide_ckpt!r} has the {what} {_show(theirs)}, this model "
                                              f"{_show(ours)}: autoguidance needs a weaker model of the same kind")
+
+
+def _stored_guidance_range(stored: Optional[dict]) -> Optional[list]:
+    return None if stored is None else stored["model"].get("guidance_range")
+
+
+def _check_student(cfg: DictConfig, key: str, guidance_range, schedule, p: _Problems) -> None:
+    """A guidance-distilled network samples only CFG-like guidance at strengths within its range: each w of the
+    grid at `key` is checked at every step of the sampler. schedule: a Schedule or its config."""
+    if guidance_range is None or schedule is None or p.reported(key) or p.reported("sampler") \
+            or p.reported("guidance"):
+        return
+    from cfglab.diffusion.guidance import check_student_guidance
+    from cfglab.diffusion.sampling import step_strengths
+
+    sampler, schedule = instantiate(cfg.sampler), instantiate(schedule) if isinstance(schedule, dict) else schedule
+    for w in OmegaConf.select(cfg, key):
+        guidance = instantiate(cfg.guidance)(w=float(w))
+        p.build(key, lambda: check_student_guidance(tuple(guidance_range), guidance,
+                                                    step_strengths(guidance, schedule, sampler)))
 
 
 def _check_batch_size(cfg: DictConfig, data, p: _Problems) -> None:

@@ -18,10 +18,12 @@ ROW_KEYS = (*METRICS, "nfe")
 
 def sweep_context(module, sampler, guidance) -> dict[str, Any]:
     """The values that define a sweep's run, as table columns: p_uncond, prediction target, guidance method and
-    sampler (with their settings), model (class and size)."""
+    sampler (with their settings), model (class, size and, for a guidance-distilled one, its w range)."""
     params = sum(p.numel() for p in module.net.parameters())
+    w_range = getattr(module.net, "guidance_range", None)
+    distilled = f", w input [{w_range[0]:g}, {w_range[1]:g}]" if w_range is not None else ""
     return {"p_uncond": module.p_uncond, "target": module.target, "guidance": repr(guidance(w=0.0)).replace("w=0.0, ", ""),
-            "sampler": repr(sampler), "model": f"{type(module.net).__name__} {params / 1e6:.2f}M"}
+            "sampler": repr(sampler), "model": f"{type(module.net).__name__} {params / 1e6:.2f}M{distilled}"}
 
 
 def define_sweep_axes(run) -> None:

@@ -8,6 +8,7 @@ float and sampling never waits on the device between steps.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional
 
 import torch
@@ -24,8 +25,23 @@ Denoiser = Callable[[Tensor, float, Optional[Tensor]], Prediction]
 """What samplers call: (x_t (B, ...), t in [0, 1] as a float, labels (B,) or None) -> Prediction(x0, eps)."""
 
 
+def clip_prediction(pred: Prediction, x: Tensor, alpha: Tensor, sigma: Tensor, clip_x0: Optional[float],
+                    keep_eps: bool = False) -> Prediction:
+    """The prediction with x0 clipped to [-clip_x0, clip_x0] (None: unchanged) and eps shifted so that
+    x_t = alpha x0 + sigma eps still holds, or kept as it is (`keep_eps`, for CFG++); alpha, sigma (B,)."""
+    if clip_x0 is None:
+        return pred
+    x0 = pred.x0.clamp(-clip_x0, clip_x0)
+    if keep_eps:
+        return Prediction(x0, pred.eps)
+    return Prediction(x0, pred.eps + broadcast(alpha / sigma, x) * (pred.x0 - x0))
+
+
 class GuidedDenoiser:
     """Wraps a joint conditional/unconditional network into the `Denoiser` that samplers call.
+
+    A guidance-distilled network (one with a `guidance_range`, Meng et al. 2023) takes the step's strength w as its
+    input: one forward of batch B per step, no unconditional pass.
 
     The conditional and unconditional predictions come from one forward of batch 2B (`batched=True`) or from
     two forwards of batch B. Where a step needs no guiding prediction (w = 0, outside a guidance interval) or
@@ -80,21 +96,21 @@ class GuidedDenoiser:
         t_dev = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         alpha, sigma = self.schedule.alpha_sigma(t_dev)  # once per step, shared by prediction, guidance, clipping
         pred = self._guided(x, t, t_dev, labels, alpha, sigma)
-        if self.clip_x0 is None:
-            return pred
-        x0 = pred.x0.clamp(-self.clip_x0, self.clip_x0)
-        if getattr(self.guidance, "renoise_with_uncond", False):
-            return Prediction(x0, pred.eps)
-        return Prediction(x0, pred.eps + broadcast(alpha / sigma, x) * (pred.x0 - x0))
+        keep_eps = getattr(self.guidance, "renoise_with_uncond", False)
+        return clip_prediction(pred, x, alpha, sigma, self.clip_x0, keep_eps)
 
     def _guided(self, x: Tensor, t: float, t_dev: Tensor, labels: Optional[Tensor], alpha: Tensor,
                 sigma: Tensor) -> Prediction:
         null = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
+        log_snr = float(self.schedule.log_snr(torch.tensor(t, dtype=torch.float64)))  # on the host: no device read
+        w = self.guidance.strength(t, log_snr) if labels is not None else 0.0
+        if getattr(self.model, "guidance_range", None) is not None:  # a guidance-distilled network: w is its input
+            self.nfe += 1
+            model = partial(self.model, w=torch.full_like(t_dev, w))
+            return self._predict(model, x, t_dev, null if labels is None else labels, alpha, sigma)
         if labels is None:
             self.nfe += 1
             return self._predict(self.model, x, t_dev, null, alpha, sigma)
-        log_snr = float(self.schedule.log_snr(torch.tensor(t, dtype=torch.float64)))  # on the host: no device read
-        w = self.guidance.strength(t, log_snr)
         if not self.guidance.needs_uncond(w):
             self.nfe += 1
             return self._predict(self.model, x, t_dev, labels, alpha, sigma)

@@ -219,3 +219,20 @@ def check_sampler_guidance(sampler, guidance) -> None:
     if getattr(guidance, "renoise_with_uncond", False) and not getattr(sampler, "uses_eps", True):
         raise ValueError(f"{type(guidance).__name__} re-noises with the unconditional eps, which {sampler!r} "
                          "does not use: pick a DDIM, DDPM or Paper sampler")
+
+
+def check_student_guidance(guidance_range: Optional[tuple[float, float]], guidance, strengths) -> None:
+    """A guidance-distilled network (w as its input, `guidance_range` = the [w_min, w_max] it was distilled for;
+    None: a joint model, nothing to check) reproduces only guidance whose combination is the CFG formula with a
+    per-step strength (CFG, intervals, schedules), at strengths it was trained on. `strengths`: the w of every
+    step (guidance.strength over the sampler's grid)."""
+    if guidance_range is None:
+        return
+    if type(guidance).combine is not CFG.combine or isinstance(guidance, Autoguidance):
+        raise ValueError(f"{type(guidance).__name__} cannot be sampled from a guidance-distilled network: it learnt "
+                         "the CFG combination (1 + w) eps_c - w eps_u alone; use guidance=cfg, interval or scheduled")
+    lo, hi = guidance_range
+    outside = sorted({w for w in strengths if not lo <= w <= hi})
+    if outside:
+        raise ValueError(f"guidance strength w={outside[0]:g} ({type(guidance).__name__}, w={guidance.w:g}) lies "
+                         f"outside [{lo:g}, {hi:g}], the range this network was distilled for")

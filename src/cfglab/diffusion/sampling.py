@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from cfglab.diffusion.denoiser import GuidedDenoiser, ModelFn
-from cfglab.diffusion.guidance import CFG, check_sampler_guidance
-from cfglab.diffusion.samplers import Sampler
+from cfglab.diffusion.guidance import CFG, check_sampler_guidance, check_student_guidance
+from cfglab.diffusion.samplers import Sampler, time_grid
 from cfglab.diffusion.schedules import Schedule
 from cfglab.images import to_uint8
 
@@ -66,6 +66,12 @@ def device_of(net: ModelFn) -> torch.device:
     return torch.device("cpu")
 
 
+def step_strengths(guidance: CFG, schedule: Schedule, sampler: Sampler) -> list[float]:
+    """The guidance strength w of each step of `sampler`'s time grid."""
+    ts = time_grid(sampler.steps)[:-1]
+    return [guidance.strength(float(t), float(lam)) for t, lam in zip(ts, schedule.log_snr(ts))]
+
+
 @torch.inference_mode()
 def sample(
     net: ModelFn,
@@ -87,12 +93,15 @@ def sample(
 
     net: the joint conditional/unconditional network (x_t, t, labels) -> `target` prediction, with a
         `sample_shape` attribute, e.g. (C, H, W); labels in [0, null_label], null_label the unconditional one.
+        A guidance-distilled network (with a `guidance_range`) takes each step's w as its input instead: one
+        forward per step, for guidance methods that combine as CFG does and strengths within its range.
     labels: (B,) int64 on the device to sample on. generator: for the noise of ancestral steps, on that
         device, and for the initial noise x_1 unless `noise` gives it (B, *net.sample_shape) (see `seeded_noise`).
         guide_net: the weaker network of autoguidance (None otherwise).
     Returns float samples (B, *net.sample_shape) on the labels' device and the NFE per sample.
     """
     check_sampler_guidance(sampler, guidance)
+    check_student_guidance(getattr(net, "guidance_range", None), guidance, step_strengths(guidance, schedule, sampler))
     if noise is None:
         noise = torch.randn((labels.shape[0], *net.sample_shape), generator=generator, device=labels.device)
     denoiser = GuidedDenoiser(net, schedule, guidance, null_label, target, batched, clip_x0, guide_net, autocast)

@@ -7,20 +7,13 @@ block with a scale and shift after its second normalisation (Dhariwal & Nichol 2
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 to the range of discrete DDPM steps): (B,) -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+from cfglab.models.embeddings import GuidanceEmbedding, add_guidance_embedding, timestep_embedding
 
 
 class ResBlock(nn.Module):
@@ -58,6 +51,9 @@ class Attention(nn.Module):
 class UNet(nn.Module):
     """eps/v network: forward(x (B, C, H, W), t (B,) in [0, 1], labels (B,) in [0, num_classes]) -> (B, C, H, W).
 
+    guidance_range: [w_min, w_max] for a guidance-distilled student, which takes w (B,) as a fourth input
+    (cfglab.models.guidance_embedding); None (the joint conditional/unconditional model): no w input.
+
     Resolution halves after every level but the last, so H and W must be divisible by 2^(len(channel_mult) - 1).
     `attention_levels` lists the level indices (0 = full resolution) that get self-attention.
     """
@@ -73,6 +69,7 @@ class UNet(nn.Module):
         attention_levels: Sequence[int] = (),
         dropout: float = 0.0,
         groups: int = 8,
+        guidance_range: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         factor = 2 ** (len(channel_mult) - 1)
@@ -92,6 +89,7 @@ class UNet(nn.Module):
             nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim)  # last row: the null label
+        self.guidance_emb = GuidanceEmbedding(emb_dim, guidance_range) if guidance_range is not None else None
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         self.down, skips, c = nn.ModuleList(), [base_channels], base_channels
@@ -120,8 +118,14 @@ class UNet(nn.Module):
         self.base_channels = base_channels
         self.sample_shape = (in_channels, image_size, image_size)
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+    @property
+    def guidance_range(self) -> Optional[tuple[float, float]]:
+        """(w_min, w_max) of a guidance-distilled network, which takes w as an input; None for the joint model."""
+        return None if self.guidance_emb is None else self.guidance_emb.guidance_range
+
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor, w: Optional[Tensor] = None) -> Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.base_channels)) + self.label_emb(labels)
+        emb = add_guidance_embedding(emb, self.guidance_emb, w)
         h = self.stem(x)
         hs = [h]
         for block in self.down:

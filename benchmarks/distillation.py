@@ -1,0 +1,165 @@
+"""Guidance distillation against its teacher: sampling time and quality of a guidance sweep, in one run.
+
+    python benchmarks/distillation.py --teacher <teacher ckpt> --student <stage-one ckpt>
+                                      [--progressive <8-step ckpt> <4-step ckpt> ...] [--samples 1000]
+                                      [--ws 0 0.5 1 2 4] [--data-dir <mnist>] [--device cuda]
+
+Rows, each sampling `--samples` balanced-label images at every w with the labels and seeds of a sweep:
+  teacher, DPM-Solver++(2M) `--steps` (the baseline: two forwards per guided step, one at w = 0);
+  stage-one student, the same sampler and steps (one forward per step at every w);
+  each progressive student at DDIM with the steps it was distilled for, next to the teacher at the same DDIM
+  steps (what the few steps give without distillation).
+Times cover sampling alone (no metrics), with the default `sampling` settings, and are given as ratios to the
+baseline measured in this run; the domain classifier's FID / IS / precision / recall / accuracy come after.
+
+Training cost: seconds per optimizer step (loss, backward, AdamW; batch `--train-batch`, bf16 autocast as the
+presets train) of the teacher's own training loss (the baseline), of stage one and of a progressive round, each
+timed over `--train-steps` steps in this run, then multiplied by the presets' step counts (`--budget`).
+Prints tables and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from device import add_device_argument, describe, sync
+from cfglab.checkpoints import load_module, read_checkpoint
+from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M
+from cfglab.diffusion.sampling import SamplingSettings, sample_batches
+from cfglab.lightning.distillation import GuidanceDistillation, ProgressiveDistillation
+from cfglab.models.student import student_net
+from cfglab.metrics.fidelity import build_metrics
+from cfglab.sweep import balanced_labels
+
+
+def sweep_row(name, module, dm, sampler, ws, metrics, args) -> dict:
+    """Sample every w of `ws` with `module` and `sampler`; sampling seconds (all w) and metrics per w."""
+    labels = balanced_labels(args.samples, module.num_classes)
+    settings = SamplingSettings().resolve(module.device, dm.data_range)
+    row = {"model": name, "sampler": repr(sampler), "seconds": 0.0, "points": []}
+    for w in ws:
+        sync(module.device)
+        t0 = time.perf_counter()
+        images, nfe = sample_batches(sampler=sampler, guidance=CFG(w=w), labels=labels, batch_size=args.batch,
+                                     seed=args.seed, **module.sampling_args(), **settings)
+        sync(module.device)
+        seconds = time.perf_counter() - t0
+        row["seconds"] += seconds
+        m = metrics(images, labels)
+        row["points"].append({"w": w, "nfe": nfe, "seconds": seconds,
+                              **{k: m[k] for k in ("fid", "is", "precision", "recall", "accuracy")}})
+    return row
+
+
+def step_seconds(module, shape, args) -> float:
+    """Seconds per training step of `module.loss` at batch --train-batch, after one warm-up step."""
+    x = torch.rand((args.train_batch, *shape), device=args.device) * 2 - 1
+    labels = torch.arange(args.train_batch, device=args.device) % module.num_classes
+    module.to(args.device).train()
+    opt = torch.optim.AdamW([p for p in module.net.parameters() if p.requires_grad])
+    for i in range(args.train_steps + 1):
+        if i == 1:
+            sync(args.device)
+            t0 = time.perf_counter()
+        with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16):
+            loss = module.loss(x, labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    sync(args.device)
+    return (time.perf_counter() - t0) / args.train_steps
+
+
+def training_cost(args, teacher, shape) -> dict:
+    """Per-step seconds of teacher training, stage one and a progressive round, and the presets' totals."""
+    stage1 = GuidanceDistillation(student_net(args.teacher, shape[-1], shape[0], teacher.num_classes, [0, 4]),
+                                  teacher.schedule, teacher.num_classes, args.teacher)
+    stage2 = ProgressiveDistillation(student_net(args.student, shape[-1], shape[0], teacher.num_classes),
+                                     teacher.schedule, teacher.num_classes, args.student, student_steps=8)
+    for m in (stage1, stage2):
+        m.teacher.to(args.device)
+    seconds = {name: step_seconds(m, shape, args) for name, m in
+               (("teacher", teacher), ("stage one", stage1), ("progressive round", stage2))}
+    steps = dict(zip(("teacher", "stage one", "progressive round"), args.budget))
+    rounds = args.budget[3]
+    total = {"teacher": seconds["teacher"] * steps["teacher"], "stage one": seconds["stage one"] * steps["stage one"],
+             f"stage two ({rounds} rounds)": seconds["progressive round"] * steps["progressive round"] * rounds}
+    print(f"\n{'training (batch ' + str(args.train_batch) + ', bf16)':<34}{'s/step':>8}{'vs T':>7}")
+    for name, sec in seconds.items():
+        print(f"{name:<34}{sec:>8.3f}{sec / seconds['teacher']:>7.2f}")
+    print(f"\n{'job at the presets steps':<34}{'minutes':>8}{'vs T':>7}")
+    for name, sec in total.items():
+        print(f"{name:<34}{sec / 60:>8.1f}{sec / total['teacher']:>7.2f}")
+    return {"step_seconds": seconds, "steps": steps, "rounds": rounds, "job_seconds": total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--student", required=True, help="the stage-one (w-conditioned) student")
+    parser.add_argument("--progressive", nargs="*", default=[], help="progressive students (their DDIM steps are "
+                        "read from the checkpoint's distillation settings)")
+    parser.add_argument("--ws", nargs="+", type=float, default=[0.0, 0.5, 1.0, 2.0, 4.0])
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++(2M) steps of teacher and student")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=None, help="where the teacher's data set lives on this machine")
+    parser.add_argument("--cache", default=os.environ.get("CFGLAB_CACHE", ".cache/cfglab"),
+                        help="domain classifier cache (default: $CFGLAB_CACHE or .cache/cfglab)")
+    parser.add_argument("--train-steps", type=int, default=10, help="timed training steps per module")
+    parser.add_argument("--train-batch", type=int, default=128)
+    parser.add_argument("--budget", nargs=4, type=int, default=[1776, 800, 500, 2], metavar=("TEACHER", "STAGE1",
+                        "ROUND", "ROUNDS"), help="training steps of the presets (mnist_study, distill_mnist, "
+                        "progressive_mnist) and the number of progressive rounds")
+    add_device_argument(parser)
+    args = parser.parse_args()
+
+    data = {"data_dir": args.data_dir} if args.data_dir else None
+    dm, teacher = load_module(args.teacher, data=data)
+    models = {"teacher": teacher.to(args.device), "student": load_module(args.student, data=data)[1].to(args.device)}
+    metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache, device=args.device)
+    solver = DPMSolverPP2M(steps=args.steps)
+    rows = [sweep_row("teacher", models["teacher"], dm, solver, args.ws, metrics, args),
+            sweep_row("student", models["student"], dm, solver, args.ws, metrics, args)]
+    for path in args.progressive:
+        steps = progressive_steps(path)
+        student = load_module(path, data=data)[1].to(args.device)
+        rows.append(sweep_row(f"progressive {steps}", student, dm, DDIM(steps=steps), args.ws, metrics, args))
+        rows.append(sweep_row(f"teacher, DDIM {steps}", models["teacher"], dm, DDIM(steps=steps), args.ws, metrics,
+                              args))
+    base = rows[0]
+    for row in rows:
+        row["time_vs_teacher"] = row["seconds"] / base["seconds"]
+        for p, q in zip(row["points"], base["points"]):
+            p["fid_vs_teacher"] = p["fid"] / q["fid"]
+    print(f"{'model':<22}{'sampler':<26}{'w':>5}{'NFE':>6}{'FID':>8}{'vs T':>7}{'IS':>7}{'prec':>7}{'rec':>7}"
+          f"{'acc':>7}{'s':>8}")
+    for row in rows:
+        for p in row["points"]:
+            print(f"{row['model']:<22}{row['sampler']:<26}{p['w']:>5g}{p['nfe']:>6.0f}{p['fid']:>8.2f}"
+                  f"{p['fid_vs_teacher']:>7.2f}{p['is']:>7.2f}{p['precision']:>7.3f}{p['recall']:>7.3f}"
+                  f"{p['accuracy']:>7.3f}{p['seconds']:>8.1f}")
+        print(f"{'':<48}sweep sampling {row['seconds']:.1f} s = {row['time_vs_teacher']:.3f} x the teacher's")
+    cost = training_cost(args, teacher, tuple(teacher.net.sample_shape))
+    print(json.dumps({**describe(args.device), "samples": args.samples, "ws": args.ws, "rows": rows,
+                      "training": cost}))
+
+
+def progressive_steps(path: str) -> int:
+    """The DDIM steps a progressive student was distilled for (stored with its distillation settings)."""
+    settings = read_checkpoint(path, "point --progressive at a progressive distillation checkpoint").get(
+        "cfglab_distillation", {})
+    if "student_steps" not in settings:
+        raise SystemExit(f"{path} is not a progressive distillation checkpoint (no student_steps)")
+    return int(settings["student_steps"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Guidance distillation (Meng et al. 2023, "On Distillation of Guided Diffusion Models"), as training modules.
+
+Stage one (`GuidanceDistillation`) trains a student that takes w as an input to predict its teacher's guided
+output (1 + w) eps_c - w eps_u, so one forward per step serves every w. Stage two (`ProgressiveDistillation`)
+halves the student's deterministic DDIM steps (Salimans & Ho 2022, "Progressive Distillation", Alg. 2): one
+student step matches two teacher steps. Both train on noised data like `CFGDiffusion`, with its optimizer,
+warm-up, label drops, seeded per-step randomness (exact resume) and checkpoints. The student is the network of
+`model=student`: the teacher's network, its weights and a w input (cfglab.models.student).
+
+A student checkpoint is a plain cfglab model: its stored config rebuilds a `CFGDiffusion` around the student
+network, so evaluate.py, generate.py and the sweeps sample it like any other, through the w input.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cfglab.checkpoints import load_module, stored_config
+from cfglab.diffusion.denoiser import clip_prediction
+from cfglab.diffusion.guidance import guide
+from cfglab.diffusion.samplers import time_grid
+from cfglab.diffusion.sampling import SamplingSettings
+from cfglab.diffusion.schedules import Schedule
+from cfglab.diffusion.targets import broadcast, to_prediction, training_target
+from cfglab.lightning.module import CFGDiffusion, stratified_times
+from cfglab.models.student import student_net, teacher_schedule
+
+
+class _Distillation(CFGDiffusion):
+    """What both stages share: the frozen teacher and the checks that the student is of its kind.
+
+    teacher_ckpt: the teacher's checkpoint (written by train.py), or the teacher as a loaded CFGDiffusion.
+    target: the student's prediction target, None for the teacher's (it must be the teacher's).
+    Other keyword arguments: CFGDiffusion's (p_uncond: the share of examples distilled unconditionally).
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule, num_classes: int, teacher_ckpt: Union[str, CFGDiffusion],
+                 target: Optional[str] = None, **kwargs):
+        from_file = isinstance(teacher_ckpt, (str, Path))
+        teacher = load_module(teacher_ckpt)[1] if from_file else teacher_ckpt
+        name = f"teacher_ckpt={str(teacher_ckpt)!r}" if from_file else "the teacher"
+        target = teacher.target if target is None else target
+        for key, ours, theirs in (("module.target", target, teacher.target),
+                                  ("schedule", repr(schedule), repr(teacher.schedule)),
+                                  ("data.num_classes", num_classes, teacher.num_classes)):
+            if ours != theirs:
+                raise ValueError(f"{key}={ours!r}, but {name} has {theirs!r}: a student is "
+                                 "distilled with its teacher's target, noise schedule and classes (null takes them)")
+        if getattr(net, "guidance_range", None) is None:
+            raise ValueError("the student network has no w input: use model=student with model.guidance_range")
+        super().__init__(net, schedule, num_classes, target, **kwargs)
+        # Frozen and outside the module's parameters: not trained, averaged or checkpointed with the student.
+        self.__dict__["teacher"] = teacher.net.requires_grad_(False).eval()
+
+    @property
+    def w_range(self) -> tuple[float, float]:
+        return self.net.guidance_range
+
+    def draw_w(self, batch: int, generator: Optional[torch.Generator], device) -> Tensor:
+        """w ~ U[w_min, w_max] per example, (B,)."""
+        lo, hi = self.w_range
+        return lo + (hi - lo) * torch.rand(batch, generator=generator, device=device)
+
+    def training_step(self, batch, batch_idx):
+        self.teacher.to(batch[0].device)
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        # The distillation loss on held-out images at fixed noise, comparable across epochs.
+        self.teacher.to(batch[0].device)
+        g = torch.Generator(device=batch[0].device).manual_seed(batch_idx)
+        self.log("val/loss_distill", self.loss(*batch, g), sync_dist=True)
+
+    def loss(self, x0: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The distillation loss on images x0 (B, ...) with labels (B,) as given (training drops them first)."""
+        raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if "cfglab_config" in checkpoint:
+            # The student rebuilds as a plain model, a CFGDiffusion around the teacher's network config with the
+            # student's w input: sampling it needs neither the teacher nor its checkpoint.
+            config = copy.deepcopy(checkpoint["cfglab_config"])
+            if config["model"]["_target_"] == f"{student_net.__module__}.{student_net.__name__}":
+                config["model"] = {**stored_config(config["model"]["teacher_ckpt"])["model"],
+                                   "guidance_range": list(self.net.guidance_range)}
+            if config["schedule"]["_target_"] == f"{teacher_schedule.__module__}.{teacher_schedule.__name__}":
+                config["schedule"] = stored_config(config["schedule"]["teacher_ckpt"])["schedule"]
+            config["module"] = {"_target_": f"{CFGDiffusion.__module__}.{CFGDiffusion.__name__}",
+                                "target": self.target, "p_uncond": self.p_uncond}
+            checkpoint["cfglab_config"] = config
+            checkpoint["cfglab_distillation"] = self.build_config["module"]
+
+
+class GuidanceDistillation(_Distillation):
+    """Stage one of Meng et al. 2023 (sec. 4.1, eq. 7): the student x_eta(z_t, c, w) learns the teacher's guided
+    prediction (1 + w) x_c - w x_u at w ~ U[w_min, w_max] (the student network's `guidance_range`).
+
+    The loss is the mean squared error in the network's own target space (eps or v), the teacher's training loss:
+    guidance is affine in the prediction, so the guided target in that space is the same guided model. Labels are
+    dropped with probability p_uncond as in training; for a dropped label the target is the teacher's
+    unconditional prediction (the guided one with c = null), so the student still samples unconditionally.
+    The teacher runs in the trainer's precision (bf16-mixed: under autocast).
+    """
+
+    def loss(self, x0, labels, generator=None):
+        t = stratified_times(x0.shape[0], generator, x0.device)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        w = self.draw_w(x0.shape[0], generator, x0.device)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        xt = broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
+        with torch.no_grad():
+            null = torch.full_like(labels, self.null_label)
+            cond, uncond = self.teacher(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+            target = guide(cond.float(), uncond.float(), broadcast(w, xt))
+        return F.mse_loss(self.net(xt, t, labels, w).float(), target)
+
+
+class ProgressiveDistillation(_Distillation):
+    """One round of progressive distillation (Salimans & Ho 2022, Alg. 2) of a guidance-distilled teacher: the
+    student, initialised as the teacher, learns to take in one deterministic DDIM step (eta = 0) from t_i to
+    t_{i+1} of the uniform `student_steps` grid where the teacher takes two, at the same label and w.
+
+    For z_t = alpha_t x + sigma_t eps, the teacher's two steps t -> t' -> t'' give z''; the target is the x~ whose
+    DDIM step from z_t lands on z'': x~ = (z'' - (sigma''/sigma) z_t) / (alpha'' - (sigma''/sigma) alpha) (Alg. 2),
+    converted to the network's target space with eps~ = (z_t - alpha x~) / sigma. The teacher steps as sampling
+    does, with its x0 clipped by `sampling.clip_x0` (the same setting samples the student). The loss is the mean
+    squared error in the network's target space; w ~ U[w_min, w_max]; labels dropped with probability p_uncond.
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule, num_classes: int, teacher_ckpt: Union[str, CFGDiffusion],
+                 student_steps: int, sampling: Optional[SamplingSettings] = None, **kwargs):
+        super().__init__(net, schedule, num_classes, teacher_ckpt, **kwargs)
+        if getattr(self.teacher, "guidance_range", None) != net.guidance_range:
+            raise ValueError(f"the teacher takes w in {getattr(self.teacher, 'guidance_range', None)}, the student "
+                             f"{net.guidance_range}: progressive distillation starts from a stage-one student")
+        time_grid(student_steps)  # validates
+        self.student_steps = int(student_steps)
+        self.sampling = sampling or SamplingSettings()
+        self.clip_x0: Optional[float] = None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self.clip_x0 = self.sampling.resolve("cpu", getattr(datamodule, "data_range", None))["clip_x0"]
+
+    def _teacher_step(self, z: Tensor, t: Tensor, s: Tensor, labels: Tensor, w: Tensor) -> Tensor:
+        """One DDIM (eta = 0) step of the teacher from times t to s (B,): alpha_s x0 + sigma_s eps."""
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        pred = to_prediction(self.teacher(z, t, labels, w).float(), z, alpha, sigma, self.target)
+        pred = clip_prediction(pred, z, alpha, sigma, self.clip_x0)
+        alpha_s, sigma_s = self.schedule.alpha_sigma(s)
+        return broadcast(alpha_s, z) * pred.x0 + broadcast(sigma_s, z) * pred.eps
+
+    def loss(self, x0, labels, generator=None):
+        b = x0.shape[0]
+        grid = time_grid(2 * self.student_steps).to(device=x0.device, dtype=x0.dtype)
+        i = 2 * torch.randint(0, self.student_steps, (b,), generator=generator, device=x0.device)
+        t, t1, t2 = grid[i], grid[i + 1], grid[i + 2]
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        w = self.draw_w(b, generator, x0.device)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        z = broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
+        with torch.no_grad():
+            z2 = self._teacher_step(self._teacher_step(z, t, t1, labels, w), t1, t2, labels, w)
+            alpha2, sigma2 = self.schedule.alpha_sigma(t2)
+            ratio = broadcast(sigma2 / sigma, z)
+            x_target = (z2 - ratio * z) / (broadcast(alpha2, z) - ratio * broadcast(alpha, z))
+            eps_target = (z - broadcast(alpha, z) * x_target) / broadcast(sigma, z)
+            target = training_target(x_target, eps_target, alpha, sigma, self.target)
+        return F.mse_loss(self.net(z, t, labels, w).float(), target)

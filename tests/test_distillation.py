@@ -1,0 +1,271 @@
+"""Guidance distillation (Meng et al. 2023): the student's initialisation, stage one against the exact guided
+prediction of a Gaussian mixture, one progressive round (Salimans & Ho 2022) against its teacher's sampler, and
+the jobs: train.py with the presets, distill.py, evaluate.py on a student, the configuration checks."""
+
+import json
+import signal
+import math
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+
+from cfglab.data.gmm import ExactGMMModel, GaussianMixtureDataModule
+from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.samplers import DDIM
+from cfglab.diffusion.sampling import sample
+from cfglab.diffusion.schedules import Cosine
+from cfglab.lightning.distillation import GuidanceDistillation, ProgressiveDistillation
+from cfglab.lightning.module import CFGDiffusion
+from cfglab.models.mlp import MLP
+from cfglab.models.student import student_net
+from cfglab.models.unet import UNet
+from cfglab.config_checks import ConfigError, check_distill_config, check_train_config
+from helpers import ROOT, composed
+
+SCHEDULE = Cosine()
+WS = (0.0, 1.0, 2.0, 4.0)
+
+
+class ExactV(torch.nn.Module):
+    """The mixture's exact v = alpha eps - sigma x0 (Salimans & Ho 2022), from its exact eps in float64: v keeps
+    x0 = alpha x_t - sigma v finite at t = 1, where x0 from eps divides by alpha ~ 1e-5 and would turn a student's
+    small eps errors into huge first steps."""
+
+    def __init__(self, exact: ExactGMMModel):
+        super().__init__()
+        self.exact, self.num_classes, self.sample_shape = exact, exact.num_classes, exact.sample_shape
+
+    def forward(self, x, t, labels):
+        x64, (alpha, sigma) = x.double(), SCHEDULE.alpha_sigma(t.double())
+        eps = self.exact(x64, t.double(), labels)
+        x0 = (x64 - sigma[:, None] * eps) / alpha[:, None]
+        return (alpha[:, None] * eps - sigma[:, None] * x0).to(x.dtype)
+
+
+def exact_guided_v(exact: ExactV, x, t, labels, w):
+    """(1 + w) v(x, c) - w v(x, null) of the mixture: Ho & Salimans 2022, eq. 6, in v (affine in eps)."""
+    null = torch.full_like(labels, exact.num_classes)
+    return (1 + w) * exact(x, t, labels) - w * exact(x, t, null)
+
+
+def fit(module, datamodule, steps, tmp_path):
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=datamodule)
+    return module.eval()
+
+
+def test_the_student_starts_as_its_teachers_conditional_prediction(tmp_path):
+    torch.manual_seed(0)
+    teacher = UNet(8, 1, 10, base_channels=16, channel_mult=[1, 2], num_res_blocks=1)
+    with torch.no_grad():  # a trained-looking teacher: the zero-initialised layers would hide a wrong student
+        for p in teacher.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    config = {"model": {"_target_": "cfglab.models.unet.UNet", "base_channels": 16, "channel_mult": [1, 2],
+                        "num_res_blocks": 1}}
+    torch.save({"cfglab_config": config, "state_dict": {f"net.{k}": v for k, v in teacher.state_dict().items()}},
+               tmp_path / "teacher.ckpt")
+    student = student_net(str(tmp_path / "teacher.ckpt"), 8, 1, 10, guidance_range=[0, 4])
+    assert student.guidance_range == (0.0, 4.0)
+    x, t = torch.randn(6, 1, 8, 8), torch.rand(6)
+    labels = torch.tensor([0, 3, 9, 10, 10, 5])  # 10: the null label
+    with torch.no_grad():
+        cond = teacher(x, t, labels)
+        for w in WS:
+            out = student(x, t, labels, torch.full((6,), w))
+            assert torch.equal(out, cond), f"w={w}"
+        guided = 2 * cond - teacher(x, t, torch.full_like(labels, 10))
+        assert not torch.allclose(cond, guided, atol=1e-2)  # guidance does change the target the student learns
+    with pytest.raises(ValueError, match="needs w"):
+        student(x, t, labels)
+    with pytest.raises(ValueError, match="guidance_range"):
+        student_net(str(tmp_path / "teacher.ckpt"), 8, 1, 10)  # a joint teacher needs the range to distil
+
+
+@pytest.fixture(scope="module")
+def mixture_student(tmp_path_factory):
+    """Stage one with the mixture's exact model as teacher and an MLP student, w ~ U[0, 4]."""
+    L.seed_everything(0)
+    dm = GaussianMixtureDataModule(num_samples=20_000, batch_size=512)
+    teacher = CFGDiffusion(ExactV(ExactGMMModel(dm.mixture, SCHEDULE)), SCHEDULE, num_classes=4, target="v")
+    module = GuidanceDistillation(MLP(2, 4, hidden=128, depth=3, guidance_range=[0, 4]), SCHEDULE, 4, teacher,
+                                  p_uncond=0.1, lr=3e-3, warmup_steps=50)
+    return dm, teacher, fit(module, dm, 1500, tmp_path_factory.mktemp("stage1"))
+
+
+def test_a_distilled_student_predicts_the_exact_guided_prediction_at_every_w(mixture_student):
+    dm, teacher, student = mixture_student
+    exact = teacher.net
+    g = torch.Generator().manual_seed(1)
+    n = 4000
+    labels = torch.arange(n) % 4
+    x0 = dm.mixture.sample(labels, g).float()
+    t = torch.rand(n, generator=g)
+    alpha, sigma = SCHEDULE.alpha_sigma(t)
+    xt = alpha[:, None] * x0 + sigma[:, None] * torch.randn(n, 2, generator=g)
+    rms = lambda a: float(a.pow(2).sum(1).mean().sqrt())  # noqa: E731
+    with torch.no_grad():
+        for w in WS:
+            ref = exact_guided_v(exact, xt, t, labels, w)
+            err = rms(student.net(xt, t, labels, torch.full((n,), w)) - ref)
+            spread = rms(ref - exact(xt, t, labels))  # how far guidance moves v from the conditional one
+            print(f"w={w}: rms error {err:.3f}, guidance moves v by {spread:.3f}")
+            # An MLP fitted for 1,500 steps is within 0.25 of the exact guided v (whose scale is 1) at every w,
+            # and within a quarter of what guidance changes at w >= 1: it has learnt w, not the conditional eps
+            # alone. (4,000 points: the RMS itself varies by about 2 % between draws.)
+            assert err < 0.25
+            if w:
+                assert err < 0.25 * spread
+
+
+def test_one_progressive_round_halves_the_steps_at_the_teachers_samples(mixture_student, tmp_path):
+    dm, _, stage1 = mixture_student
+    steps = 4  # the student's; its teacher takes 8 DDIM steps
+    student = ProgressiveDistillation(MLP(2, 4, hidden=128, depth=3, guidance_range=[0, 4]), SCHEDULE, 4, stage1,
+                                      student_steps=steps, p_uncond=0.1, lr=1e-3, warmup_steps=20)
+    student.net.load_state_dict(stage1.net.state_dict())  # initialised as its teacher (Salimans & Ho, Alg. 2)
+    fit(student, dm, 600, tmp_path)
+    labels = torch.arange(2000) % 4
+    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5))
+    run = lambda m, n, w: sample(sampler=DDIM(steps=n), guidance=CFG(w=w), labels=labels, noise=noise,  # noqa: E731
+                                 **m.sampling_args())
+    for w in (0.0, 2.0):
+        teacher_n, nfe = run(stage1, 2 * steps, w)
+        assert nfe == 2 * steps  # one forward per step, guided or not
+        naive = float((run(stage1, steps, w)[0] - teacher_n).norm(dim=1).median())
+        distilled = float((run(student, steps, w)[0] - teacher_n).norm(dim=1).median())
+        print(f"w={w}: median distance to the teacher's {2 * steps}-step samples: teacher at {steps} steps "
+              f"{naive:.3f}, distilled student {distilled:.3f}")
+        std = math.sqrt(float(dm.mixture.covs[0, 0, 0]))
+        assert distilled < 0.5 * naive and distilled < 0.25 * std
+
+
+# --- the jobs: train.py with experiment=distill_mnist, distill.py, evaluate.py on a student ---------------------
+
+STEPS = 30
+JOB = ["data=digits", "~data.split", "trainer.precision=32-true", "data.batch_size=32", "logger=none",
+       "trainer.enable_progress_bar=false", "~callbacks.sweep", "grids.ws=[]"]
+
+
+def job(script, *args, timeout=600, check=True):
+    proc = subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
+    assert not check or proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def distill_args(teacher, run_dir):
+    return ["experiment=distill_mnist", f"teacher_ckpt={teacher}", f"trainer.max_steps={STEPS}",
+            "callbacks.checkpoint.every_n_train_steps=10", *JOB, f"hydra.run.dir={run_dir}"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("teacher")
+    job("train.py", "trainer.max_steps=40", "model.base_channels=16", *(a for a in JOB if a != "~data.split"),
+        f"hydra.run.dir={run_dir}")
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def student(teacher, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("student")
+    job("train.py", *distill_args(teacher, run_dir))
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def test_a_distillation_run_killed_and_resumed_ends_bit_identical(teacher, student, tmp_path):
+    proc = subprocess.Popen([sys.executable, "train.py", *distill_args(teacher, tmp_path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] < STEPS
+    job("train.py", *distill_args(teacher, tmp_path))
+    a, b = (torch.load(p, weights_only=True) for p in (student, tmp_path / "checkpoints" / "last.ckpt"))
+    assert a["global_step"] == b["global_step"] == STEPS
+    for key in ("state_dict", "current_model_state"):  # EMA weights, trained weights
+        assert a[key].keys() == b[key].keys() and any("guidance_emb" in k for k in a[key])
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_student_checkpoint_goes_through_evaluate_at_one_forward_per_step(teacher, student, tmp_path):
+    args = ["sweep.ws=[0,2]", "sweep.num_samples=20", "sweep.batch_size=20", "sampler=ddim", "sampler.steps=5"]
+    for name, ckpt in (("teacher", teacher), ("student", student)):
+        job("evaluate.py", f"ckpt_path={ckpt}", *args, f"hydra.run.dir={tmp_path / name}")
+    nfe = {name: {p["w"]: p["nfe"] for p in json.loads((tmp_path / name / "sweep.json").read_text())["points"]}
+           for name in ("teacher", "student")}
+    assert nfe == {"teacher": {0.0: 5.0, 2.0: 10.0}, "student": {0.0: 5.0, 2.0: 5.0}}
+    # The stored config rebuilds the student without its teacher: a plain model with a w input.
+    config = torch.load(student, weights_only=True)["cfglab_config"]
+    assert config["model"]["_target_"] == "cfglab.models.unet.UNet" and config["model"]["guidance_range"] == [0, 4]
+    assert config["module"]["_target_"] == "cfglab.lightning.module.CFGDiffusion"
+    refused = job("evaluate.py", f"ckpt_path={student}", "guidance=apg", "sweep.ws=[1]", check=False)
+    assert refused.returncode == 2 and "APG cannot be sampled from a guidance-distilled network" in refused.stderr
+
+
+def test_distill_py_chains_rounds_passes_a_stop_signal_on_and_resumes_skipping_finished_rounds(student, tmp_path):
+    args = ["experiment=progressive_mnist", f"teacher_ckpt={student}", "rounds=[4,2]", "trainer.max_steps=300",
+            "callbacks.checkpoint.every_n_train_steps=5", *JOB, f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "distill.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "steps_4" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not ckpt.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to the chain only: it passes the signal on to the round it runs
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    stopped_at = torch.load(ckpt, weights_only=True)["global_step"]
+    assert 5 <= stopped_at < 300 and not (tmp_path / "steps_4" / "finished").exists()
+    assert not (tmp_path / "steps_2").exists()
+
+    steps = stopped_at + 5
+    args[3] = f"trainer.max_steps={steps}"  # the rerun finishes the stopped round from its checkpoint, then the next
+    out = job("distill.py", *args).stdout
+    assert out.count("progressive distillation:") == 2
+    first, second = (torch.load(tmp_path / f"steps_{n}" / "checkpoints" / "last.ckpt", weights_only=True)
+                     for n in (4, 2))
+    assert first["global_step"] == second["global_step"] == steps
+    assert first["cfglab_distillation"]["student_steps"] == 4 and second["cfglab_distillation"]["student_steps"] == 2
+    assert first["cfglab_distillation"]["teacher_ckpt"] == str(student)
+    assert second["cfglab_distillation"]["teacher_ckpt"] == str(tmp_path / "steps_4" / "checkpoints" / "last.ckpt")
+    assert second["cfglab_config"]["model"]["guidance_range"] == [0, 4]
+    assert job("distill.py", *args).stdout.count("progressive distillation:") == 0  # every round has finished
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["teacher_ckpt=/no/such.ckpt"], ["teacher_ckpt", "'/no/such.ckpt' is not a file"]),
+    (["model.guidance_range=[2,1]"], ["model", "guidance_range=[2, 1] must be [w_min, w_max]"]),
+    (["sweep.ws=[0,5]"], ["sweep.ws", "w=5", "outside [0, 4]"]),
+    (["guidance=rescale"], ["sweep.ws", "CFGRescale cannot be sampled from a guidance-distilled network"]),
+])
+def test_bad_distillation_configs_are_refused(teacher, overrides, expected, tmp_path):
+    args = [a for a in distill_args(teacher, tmp_path) if a.split("=")[0] not in {o.split("=")[0] for o in overrides}]
+    with pytest.raises(ConfigError) as e:
+        check_train_config(composed("config", [a for a in args if not a.startswith("hydra.")] + overrides, tmp_path))
+    assert all(part in str(e.value) for part in expected), str(e.value)
+    assert len(e.value.lines) == 1, str(e.value)  # the cause alone, not its consequences for the other groups
+
+
+def test_a_teacher_that_nothing_reads_is_refused(teacher, tmp_path):
+    with pytest.raises(ConfigError, match="teacher_ckpt: .* would not be read: .*CFGDiffusion has no teacher"):
+        check_train_config(composed("config", [f"teacher_ckpt={teacher}"], tmp_path))
+
+
+def test_bad_rounds_are_refused(student, tmp_path):
+    args = ["experiment=progressive_mnist", f"teacher_ckpt={student}", *JOB]
+    with pytest.raises(ConfigError, match=r"rounds: \[8, 3\]: each round halves the steps"):
+        check_distill_config(composed("distill", [*args, "rounds=[8,3]"], tmp_path))
+    check_distill_config(composed("distill", [*args, "rounds=[8,4,2]"], tmp_path))
