@@ -269,3 +269,19 @@ def test_bad_rounds_are_refused(student, tmp_path):
     with pytest.raises(ConfigError, match=r"rounds: \[8, 3\]: each round halves the steps"):
         check_distill_config(composed("distill", [*args, "rounds=[8,3]"], tmp_path))
     check_distill_config(composed("distill", [*args, "rounds=[8,4,2]"], tmp_path))
+
+
+def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teacher, student, tmp_path):
+    job("train.py", "experiment=progressive_mnist", f"teacher_ckpt={student}", "module.student_steps=2",
+        "trainer.max_steps=2", *JOB, f"hydra.run.dir={tmp_path / 'round'}")
+    out = job("benchmarks/distillation.py", "--teacher", teacher, "--student", student, "--progressive",
+              tmp_path / "round" / "checkpoints" / "last.ckpt", "--ws", 0, 2, "--samples", 10, "--batch", 10,
+              "--steps", 3, "--train-steps", 1, "--train-batch", 4).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    rows = {r["model"]: r for r in report["rows"]}
+    assert list(rows) == ["teacher", "student", "progressive 2", "teacher, DDIM 2"]
+    nfe = {name: [p["nfe"] for p in r["points"]] for name, r in rows.items()}
+    assert nfe == {"teacher": [3, 6], "student": [3, 3], "progressive 2": [2, 2], "teacher, DDIM 2": [2, 4]}
+    assert rows["teacher"]["time_vs_teacher"] == 1 and all(r["time_vs_teacher"] > 0 for r in rows.values())
+    assert all(p["fid"] > 0 for r in rows.values() for p in r["points"])
+    assert set(report["training"]["step_seconds"]) == {"teacher", "stage one", "progressive round"}

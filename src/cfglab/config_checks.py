@@ -34,7 +34,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from cfglab.checkpoints import MOVED_MODULE_KEYS, data_config, read_checkpoint, stored_config
 from cfglab.devices import cuda_unavailable_reason, resolve_device
-from cfglab.diffusion.guidance import check_sampler_guidance
+from cfglab.diffusion.guidance import check_sampler_guidance, check_student_guidance
+from cfglab.diffusion.sampling import step_strengths
 from cfglab.loggers import find_secrets
 from cfglab.models.student import TEACHER_ADVICE
 from cfglab.sweep import ws_problems
@@ -131,13 +132,14 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_top_level(cfg, TRAIN_KEYS, "train", p)
     _check_arguments(cfg, "", p)
     teacher = _value(cfg, "teacher_ckpt")
-    if teacher not in (None, _MISSING) and "teacher_ckpt" not in cfg.module:
-        p.add("teacher_ckpt", f"{teacher!r} would not be read: {cfg.module.get('_target_')} has no teacher (guidance "
-                              "distillation: experiment=distill_mnist or progressive_mnist)")
-    elif teacher not in (None, _MISSING) and not Path(teacher).is_file():
-        p.add("teacher_ckpt", f"{teacher!r} is not a file")
-    elif teacher not in (None, _MISSING):
-        p.build("teacher_ckpt", lambda: stored_config(teacher, TEACHER_ADVICE))
+    if teacher not in (None, _MISSING):
+        if "teacher_ckpt" not in cfg.module:
+            p.add("teacher_ckpt", f"{teacher!r} would not be read: {cfg.module.get('_target_')} has no teacher "
+                                  "(guidance distillation: experiment=distill_mnist or progressive_mnist)")
+        elif not Path(teacher).is_file():
+            p.add("teacher_ckpt", f"{teacher!r} is not a file")
+        else:
+            p.build("teacher_ckpt", lambda: stored_config(teacher, TEACHER_ADVICE))
     data = p.build("data", lambda: instantiate(cfg.data))
     schedule = None if _depends_on_reported(cfg.schedule, p) else p.build("schedule", lambda: instantiate(cfg.schedule))
     net = None
@@ -212,7 +214,7 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of an evaluate.py config."""
     p, stored = _checkpoint_job_problems(cfg, EVALUATE_KEYS, "evaluate")
     _check_sweep(cfg, p)
-    _check_student(cfg, "sweep.ws", _stored_guidance_range(stored), stored and stored["schedule"], p)
+    _check_stored_student(cfg, "sweep.ws", stored, p)
     _check_metrics(cfg.metrics, "metrics", None, p)
     p.raise_if_any("evaluate")
 
@@ -221,7 +223,7 @@ def check_generate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of a generate.py config."""
     p, stored = _checkpoint_job_problems(cfg, GENERATE_KEYS, "generate")
     _check_guidance_grid(cfg, "ws", p)
-    _check_student(cfg, "ws", _stored_guidance_range(stored), stored and stored["schedule"], p)
+    _check_stored_student(cfg, "ws", stored, p)
     _positive(cfg, "", ("num_samples", "batch_size"), p)
     labels = _value(cfg, "labels")
     items = list(labels) if isinstance(labels, ListConfig) else [labels]
@@ -292,20 +294,18 @@ def _check_sampling(cfg: DictConfig, p: _Problems, data, model_config: Optional[
                                              f"{_show(ours)}: autoguidance needs a weaker model of the same kind")
 
 
-def _stored_guidance_range(stored: Optional[dict]) -> Optional[list]:
-    return None if stored is None else stored["model"].get("guidance_range")
+def _check_stored_student(cfg: DictConfig, key: str, stored: Optional[dict], p: _Problems) -> None:
+    """_check_student for the checkpoint whose stored config is `stored` (None: unreadable)."""
+    if stored is not None and stored["model"].get("guidance_range") is not None:
+        _check_student(cfg, key, stored["model"]["guidance_range"], instantiate(stored["schedule"]), p)
 
 
 def _check_student(cfg: DictConfig, key: str, guidance_range, schedule, p: _Problems) -> None:
-    """A guidance-distilled network samples only CFG-like guidance at strengths within its range: each w of the
-    grid at `key` is checked at every step of the sampler. schedule: a Schedule or its config."""
-    if guidance_range is None or schedule is None or p.reported(key) or p.reported("sampler") \
-            or p.reported("guidance"):
+    """A guidance-distilled network (`guidance_range` not None) samples only CFG-like guidance at strengths within
+    its range: each w of the grid at `key` is checked at every step of the sampler."""
+    if guidance_range is None or schedule is None or any(p.reported(k) for k in (key, "sampler", "guidance")):
         return
-    from cfglab.diffusion.guidance import check_student_guidance
-    from cfglab.diffusion.sampling import step_strengths
-
-    sampler, schedule = instantiate(cfg.sampler), instantiate(schedule) if isinstance(schedule, dict) else schedule
+    sampler = instantiate(cfg.sampler)
     for w in OmegaConf.select(cfg, key):
         guidance = instantiate(cfg.guidance)(w=float(w))
         p.build(key, lambda: check_student_guidance(tuple(guidance_range), guidance,

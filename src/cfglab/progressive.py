@@ -18,7 +18,7 @@ from typing import Sequence
 from omegaconf import DictConfig
 
 ROUND_KEYS = ("rounds", "teacher_ckpt", "module.student_steps", "hydra.run.dir")  # set per round by the chain
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)  # the stop signals of conf/callbacks' preemption
 
 
 def rounds_problems(rounds) -> list[str]:
@@ -29,10 +29,6 @@ def rounds_problems(rounds) -> list[str]:
         return [f"{list(rounds)} must hold integers >= 1"]
     return [f"{list(rounds)}: each round halves the steps of the one before, {a} -> {b} does not"
             for a, b in zip(rounds, rounds[1:]) if a != 2 * b]
-
-
-def round_dir(out_dir: str | Path, steps: int) -> Path:
-    return Path(out_dir) / f"steps_{steps}"
 
 
 def run_rounds(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str], train_script: str | Path) -> int:
@@ -47,7 +43,7 @@ def run_rounds(cfg: DictConfig, out_dir: str | Path, overrides: Sequence[str], t
     keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ROUND_KEYS]
     teacher = str(cfg.teacher_ckpt)
     for steps in cfg.rounds:
-        run_dir = round_dir(out_dir, steps)
+        run_dir = Path(out_dir) / f"steps_{steps}"
         marker = run_dir / "finished"
         if not marker.exists():
             print(f"progressive distillation: {2 * steps} -> {steps} steps in {run_dir} (teacher {teacher})",
@@ -67,7 +63,8 @@ def _run(command: list[str]) -> int:
     forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
     previous = {s: signal.signal(s, forward) for s in SIGNALS}
     try:
-        return proc.wait()
+        code = proc.wait()
+        return 128 - code if code < 0 else code  # killed by signal n: report it as the shell does, 128 + n
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
