@@ -268,7 +268,11 @@ def test_bad_rounds_are_refused(student, tmp_path):
     args = ["experiment=progressive_mnist", f"teacher_ckpt={student}", *JOB]
     with pytest.raises(ConfigError, match=r"rounds: \[8, 3\]: each round halves the steps"):
         check_distill_config(composed("distill", [*args, "rounds=[8,3]"], tmp_path))
-    check_distill_config(composed("distill", [*args, "rounds=[8,4,2]"], tmp_path))
+    with pytest.raises(ConfigError, match="module.student_steps: 16 would not be read: distill.py sets each round"):
+        check_distill_config(composed("distill", [*args, "rounds=[8,4]", "module.student_steps=16"], tmp_path))
+    cfg = composed("distill", [*args, "rounds=[8,4,2]"], tmp_path)
+    check_distill_config(cfg)
+    assert cfg.module.student_steps == 8  # the first round's
 
 
 def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teacher, student, tmp_path):

@@ -193,6 +193,10 @@ def check_distill_config(cfg: DictConfig) -> None:
         p.add("module", f"{cfg.module.get('_target_')!r}: distill.py runs progressive distillation rounds; use "
                         "experiment=progressive_mnist or module._target_=cfglab.lightning.distillation."
                         "ProgressiveDistillation")
+    steps = _value(cfg.module, "student_steps") if "student_steps" in cfg.module else None
+    if not p.lines and steps != rounds[0]:
+        p.add("module.student_steps", f"{steps!r} would not be read: distill.py sets each round's steps from rounds="
+                                      f"{rounds}")
     round_cfg = copy.deepcopy(cfg)
     with open_dict(round_cfg):
         round_cfg.pop("rounds")
