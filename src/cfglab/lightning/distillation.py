@@ -58,22 +58,16 @@ class _Distillation(CFGDiffusion):
         # Frozen and outside the module's parameters: not trained, averaged or checkpointed with the student.
         self.__dict__["teacher"] = teacher.net.requires_grad_(False).eval()
 
-    @property
-    def w_range(self) -> tuple[float, float]:
-        return self.net.guidance_range
-
     def draw_w(self, batch: int, generator: Optional[torch.Generator], device) -> Tensor:
-        """w ~ U[w_min, w_max] per example, (B,)."""
-        lo, hi = self.w_range
+        """w ~ U[w_min, w_max] (the student's guidance_range) per example, (B,)."""
+        lo, hi = self.net.guidance_range
         return lo + (hi - lo) * torch.rand(batch, generator=generator, device=device)
 
-    def training_step(self, batch, batch_idx):
-        self.teacher.to(batch[0].device)
-        return super().training_step(batch, batch_idx)
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device)  # not a registered submodule: Lightning does not move it
 
     def validation_step(self, batch, batch_idx):
         # The distillation loss on held-out images at fixed noise, comparable across epochs.
-        self.teacher.to(batch[0].device)
         g = torch.Generator(device=batch[0].device).manual_seed(batch_idx)
         self.log("val/loss_distill", self.loss(*batch, g), sync_dist=True)
 
