@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cfglab.config_checks import check_overrides
+from cfglab.config_checks import refuse_unknown_overrides
 from cfglab.progressive import run_rounds
 
 
@@ -22,5 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:], "train")
+    refuse_unknown_overrides(sys.argv[1:], "distill", Path(__file__).with_name("conf"))
     main()

@@ -1,12 +1,13 @@
 """Guidance sweep on a checkpoint: python evaluate.py ckpt_path=... sweep.ws='[0,0.5,1,2,4]' [sampler=... metrics=...]."""
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cfglab.config_checks import check_overrides
+from cfglab.config_checks import refuse_unknown_overrides
 from cfglab.evaluate import evaluate
 
 
@@ -16,5 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:], "evaluate")
+    refuse_unknown_overrides(sys.argv[1:], "evaluate", Path(__file__).with_name("conf"))
     main()

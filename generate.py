@@ -2,12 +2,13 @@
 Several processes: torchrun --nproc_per_node N generate.py ... hydra.run.dir=<one folder for all of them>."""
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cfglab.config_checks import check_overrides
+from cfglab.config_checks import refuse_unknown_overrides
 from cfglab.generate import generate
 
 
@@ -18,5 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:], "generate")
+    refuse_unknown_overrides(sys.argv[1:], "generate", Path(__file__).with_name("conf"))
     main()

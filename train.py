@@ -1,12 +1,13 @@
 """Train a classifier-free guidance model: python train.py [overrides], e.g. data=mnist trainer.max_steps=20000."""
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cfglab.config_checks import check_overrides
+from cfglab.config_checks import refuse_unknown_overrides
 from cfglab.train import train
 
 
@@ -19,5 +20,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:], "train")
+    refuse_unknown_overrides(sys.argv[1:], "config", Path(__file__).with_name("conf"))
     main()

@@ -28,7 +28,7 @@ import time
 import torch
 
 from device import add_device_argument, describe, sync
-from cfglab.checkpoints import load_module, read_checkpoint
+from cfglab.checkpoints import Checkpoint
 from cfglab.diffusion.guidance import CFG
 from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M
 from cfglab.diffusion.sampling import SamplingSettings, sample_batches
@@ -46,7 +46,7 @@ def sweep_row(name, module, dm, sampler, ws, metrics, args) -> dict:
     for w in ws:
         sync(module.device)
         t0 = time.perf_counter()
-        images, nfe = sample_batches(sampler=sampler, guidance=CFG(w=w), labels=labels, batch_size=args.batch,
+        images, nfe = sample_batches(sampler=sampler, guidance=CFG(), w=w, labels=labels, batch_size=args.batch,
                                      seed=args.seed, **module.sampling_args(), **settings)
         sync(module.device)
         seconds = time.perf_counter() - t0
@@ -122,15 +122,15 @@ def main() -> None:
     args = parser.parse_args()
 
     data = {"data_dir": args.data_dir} if args.data_dir else None
-    dm, teacher = load_module(args.teacher, data=data)
-    models = {"teacher": teacher.to(args.device), "student": load_module(args.student, data=data)[1].to(args.device)}
+    dm, teacher = Checkpoint.open(args.teacher).module(data)
+    models = {"teacher": teacher.to(args.device), "student": Checkpoint.open(args.student).module(data)[1].to(args.device)}
     metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache, device=args.device)
     solver = DPMSolverPP2M(steps=args.steps)
     rows = [sweep_row("teacher", models["teacher"], dm, solver, args.ws, metrics, args),
             sweep_row("student", models["student"], dm, solver, args.ws, metrics, args)]
     for path in args.progressive:
         steps = progressive_steps(path)
-        student = load_module(path, data=data)[1].to(args.device)
+        student = Checkpoint.open(path).module(data)[1].to(args.device)
         rows.append(sweep_row(f"progressive {steps}", student, dm, DDIM(steps=steps), args.ws, metrics, args))
         rows.append(sweep_row(f"teacher, DDIM {steps}", models["teacher"], dm, DDIM(steps=steps), args.ws, metrics,
                               args))
@@ -154,8 +154,7 @@ def main() -> None:
 
 def progressive_steps(path: str) -> int:
     """The DDIM steps a progressive student was distilled for (stored with its distillation settings)."""
-    settings = read_checkpoint(path, "point --progressive at a progressive distillation checkpoint").get(
-        "cfglab_distillation", {})
+    settings = Checkpoint.open(path, "point --progressive at a progressive distillation checkpoint").distillation or {}
     if "student_steps" not in settings:
         raise SystemExit(f"{path} is not a progressive distillation checkpoint (no student_steps)")
     return int(settings["student_steps"])

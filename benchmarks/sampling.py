@@ -23,25 +23,25 @@ from cfglab.diffusion.samplers import DDIM, DDPM, DPMSolverPP2M, Paper
 from cfglab.diffusion.sampling import SamplingSettings, sample
 
 W = 3.0
-VARIANTS = [  # (name, guidance, batched 2B forward)
-    ("cfg, 2 passes (baseline)", CFG(w=W), False),
-    ("cfg, batched 2B", CFG(w=W), True),
-    ("interval (0.28, 5.42]", GuidanceInterval(w=W), True),
-    ("rescale phi=0.7", CFGRescale(w=W), True),
-    ("dynamic threshold", DynamicThreshold(w=W), True),
-    ("linear w schedule", ScheduledCFG(w=W, shape="linear"), True),
-    ("apg eta=0", APG(w=W), True),
-    ("cfg++ lambda=0.6", CFGPlusPlus(w=0.6), True),
-    ("unguided (w=0)", CFG(w=0.0), True),
+VARIANTS = [  # (name, guidance, w, batched 2B forward)
+    ("cfg, 2 passes (baseline)", CFG(), W, False),
+    ("cfg, batched 2B", CFG(), W, True),
+    ("interval (0.28, 5.42]", GuidanceInterval(), W, True),
+    ("rescale phi=0.7", CFGRescale(), W, True),
+    ("dynamic threshold", DynamicThreshold(), W, True),
+    ("linear w schedule", ScheduledCFG(shape="linear"), W, True),
+    ("apg eta=0", APG(), W, True),
+    ("cfg++ lambda=0.6", CFGPlusPlus(), 0.6, True),
+    ("unguided (w=0)", CFG(), 0.0, True),
 ]
 SAMPLERS = [DDIM(steps=50), DPMSolverPP2M(steps=20), DDPM(steps=250), Paper(steps=256)]
 
 
 def trained_module(ckpt: str | None, steps: int, device: str):
     if ckpt:
-        from cfglab.checkpoints import load_module
+        from cfglab.checkpoints import Checkpoint
 
-        dm, module = load_module(ckpt)
+        dm, module = Checkpoint.open(ckpt).module()
         return dm, module.to(device)
     import lightning as L
     from hydra import compose, initialize_config_dir
@@ -60,13 +60,13 @@ def trained_module(ckpt: str | None, steps: int, device: str):
     return dm, module.to(device).eval()
 
 
-def measure(module, data_range, sampler, guidance, batched: bool, n: int) -> tuple[float, float]:
+def measure(module, data_range, sampler, guidance, w: float, batched: bool, n: int) -> tuple[float, float]:
     """Network evaluations per sample and seconds per 1,000 samples."""
     labels = (torch.arange(n) % module.num_classes).to(module.device)
     settings = SamplingSettings(batched=batched).resolve(module.device, data_range)
     sync(module.device)
     t0 = time.perf_counter()
-    _, nfe = sample(sampler=sampler, guidance=guidance, labels=labels, **module.sampling_args(), **settings,
+    _, nfe = sample(sampler=sampler, guidance=guidance, labels=labels, w=w, **module.sampling_args(), **settings,
                     generator=torch.Generator(device=module.device).manual_seed(0))
     sync(module.device)
     return nfe, (time.perf_counter() - t0) * 1000 / n
@@ -85,11 +85,11 @@ def main():
     print(f"{'sampler':<28}{'guidance':<28}{'NFE/sample':>11}{'NFE/step':>9}{'s/1k samples':>14}{'vs baseline':>12}")
     for sampler in SAMPLERS:
         base = None
-        for name, guidance, batched in VARIANTS:
-            if getattr(guidance, "renoise_with_uncond", False) and not sampler.uses_eps:
+        for name, guidance, w, batched in VARIANTS:
+            if guidance.renoise_with_uncond and not sampler.uses_eps:
                 continue
-            measure(module, dm.data_range, sampler, guidance, batched, 10)  # warm-up
-            nfe, sec = measure(module, dm.data_range, sampler, guidance, batched, args.samples)
+            measure(module, dm.data_range, sampler, guidance, w, batched, 10)  # warm-up
+            nfe, sec = measure(module, dm.data_range, sampler, guidance, w, batched, args.samples)
             base = sec if base is None else base
             row = {"sampler": repr(sampler), "guidance": name, "nfe_per_sample": nfe, "nfe_per_step": nfe / sampler.steps,
                    "seconds_per_1k": sec, "time_vs_baseline": sec / base}

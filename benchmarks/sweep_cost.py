@@ -25,10 +25,9 @@ import json
 import math
 import tempfile
 import time
-from functools import partial
 
 from device import add_device_argument, describe
-from cfglab.checkpoints import load_module
+from cfglab.checkpoints import Checkpoint
 from cfglab.diffusion.guidance import CFG, GuidanceInterval
 from cfglab.diffusion.samplers import DDPM, DPMSolverPP2M, Paper
 from cfglab.diffusion.sampling import SamplingSettings, sample_batches
@@ -55,15 +54,15 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def generate(module, dm, settings: SamplingSettings, labels, sampler, guidance, batch, seed):
-    """Samples of `module` for `labels` and their NFE per sample, as a sweep point makes them."""
-    return sample_batches(sampler=sampler, guidance=guidance, labels=labels, batch_size=batch, seed=seed,
+def generate(module, dm, settings: SamplingSettings, labels, sampler, guidance, w, batch, seed):
+    """Samples of `module` for `labels` at strength `w` and their NFE per sample, as a sweep point makes them."""
+    return sample_batches(sampler=sampler, guidance=guidance, labels=labels, w=w, batch_size=batch, seed=seed,
                           **module.sampling_args(), **settings.resolve(module.device, dm.data_range))
 
 
-def fid_of(module, dm, settings, metrics, sampler, guidance, n, batch, seed):
+def fid_of(module, dm, settings, metrics, sampler, guidance, w, n, batch, seed):
     labels = balanced_labels(n, module.num_classes)
-    images, nfe = generate(module, dm, settings, labels, sampler, guidance, batch, seed)
+    images, nfe = generate(module, dm, settings, labels, sampler, guidance, w, batch, seed)
     return metrics(images, labels)["fid"], nfe
 
 
@@ -74,8 +73,8 @@ def part_settings(module, dm, fast, report) -> SamplingSettings:
     for precision in ("32-true", "bf16-mixed"):
         for batched in (False, True):
             settings = SamplingSettings(precision=precision, batched=batched)
-            generate(module, dm, settings, labels[:20], fast, CFG(w=1.0), 20, seed=0)  # warm-up
-            _, sec = timed(lambda: generate(module, dm, settings, labels, fast, CFG(w=1.0), 100, seed=0))
+            generate(module, dm, settings, labels[:20], fast, CFG(), 1.0, 20, seed=0)  # warm-up
+            _, sec = timed(lambda: generate(module, dm, settings, labels, fast, CFG(), 1.0, 100, seed=0))
             times[settings] = sec
             base = times[SamplingSettings(precision="32-true", batched=False)]
             print(f"{precision + (', batched 2B' if batched else ', 2 passes'):<40}{sec:>8.2f}{sec / base:>17.2f}x")
@@ -87,13 +86,13 @@ def part_sweep(module, dm, settings, fast, args, report):
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache, device=args.device)
-        points = run_points(module, SweepSettings(WS, num_samples=args.samples, batch_size=args.batch), fast, CFG,
+        points = run_points(module, SweepSettings(WS, num_samples=args.samples, batch_size=args.batch), fast, CFG(),
                             settings.resolve(module.device, dm.data_range), metrics, SweepRecord(tmp))
         sweep_s = time.perf_counter() - t0
     baseline_n = 50
     labels = balanced_labels(baseline_n, module.num_classes)
     paper = SamplingSettings(precision="32-true", batched=False)
-    _, paper_s = timed(lambda: generate(module, dm, paper, labels, Paper(steps=256), CFG(w=1.0), baseline_n, seed=0))
+    _, paper_s = timed(lambda: generate(module, dm, paper, labels, Paper(steps=256), CFG(), 1.0, baseline_n, seed=0))
     paper_sweep_s = paper_s / baseline_n * args.samples * len(WS)
     batched = settings.resolve(module.device, dm.data_range)["batched"]
     print(f"\nfull sweep: {len(WS)} points x {args.samples} samples, DPM++ 20, {settings.precision}, "
@@ -111,7 +110,7 @@ def part_sweep(module, dm, settings, fast, args, report):
 
 def part_solver(module, dm, settings, metrics, fast, args, report):
     n = args.quality_samples
-    fid = lambda sampler: fid_of(module, dm, settings, metrics, sampler, CFG(w=1.0), n, args.batch, args.seed)  # noqa: E731
+    fid = lambda sampler: fid_of(module, dm, settings, metrics, sampler, CFG(), 1.0, n, args.batch, args.seed)  # noqa: E731
     (fid_fast, nfe_fast), s_fast = timed(lambda: fid(fast))
     (fid_anc, nfe_anc), s_anc = timed(lambda: fid(DDPM(steps=250)))
     print(f"\nw=1, {n} samples: DPM++ 20 FID {fid_fast:.2f} ({nfe_fast:.0f} NFE, {s_fast:.0f} s); "
@@ -122,15 +121,15 @@ def part_solver(module, dm, settings, metrics, fast, args, report):
 
 def part_interval(module, dm, settings, metrics, fast, args, report):
     n, ws = args.quality_samples, args.quality_ws
-    rows = {"cfg": CFG} | {f"interval ({lo:g}, {hi:g}]": partial(GuidanceInterval, sigma_lo=lo, sigma_hi=hi)
-                           for lo, hi in args.intervals}
-    unguided, _ = fid_of(module, dm, settings, metrics, fast, CFG(), n, args.batch, args.seed)
+    rows = {"cfg": CFG()} | {f"interval ({lo:g}, {hi:g}]": GuidanceInterval(sigma_lo=lo, sigma_hi=hi)
+                             for lo, hi in args.intervals}
+    unguided, _ = fid_of(module, dm, settings, metrics, fast, CFG(), 0.0, n, args.batch, args.seed)
     print(f"\n{n} samples per cell, DPM++ 20; unguided (w=0) FID {unguided:.2f}")
     print(f"{'guidance':<22}" + "".join(f"{'w=' + format(w, 'g'):>9}" for w in ws)
           + f"{'best':>9}{'NFE/step':>10}{'s/cell':>8}")
     report["interval"] = {"samples": n, "unguided_fid": unguided}
     for name, g in rows.items():
-        (fids, nfes), sec = timed(lambda: zip(*(fid_of(module, dm, settings, metrics, fast, g(w=w), n, args.batch,
+        (fids, nfes), sec = timed(lambda: zip(*(fid_of(module, dm, settings, metrics, fast, g, w, n, args.batch,
                                                        args.seed) for w in ws)))
         guided_nfe = max(nfes) / fast.steps
         report["interval"][name] = {"fid": dict(zip(ws, fids)), "best_fid": min(fids), "nfe_per_step": guided_nfe,
@@ -154,7 +153,7 @@ def main():
     add_device_argument(ap)
     args = ap.parse_args()
     t_start = time.perf_counter()
-    dm, module = load_module(args.ckpt)
+    dm, module = Checkpoint.open(args.ckpt).module()
     module.to(args.device)
     fast = DPMSolverPP2M(steps=20)
     report = {}

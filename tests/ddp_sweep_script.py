@@ -10,7 +10,9 @@ import lightning as L
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from cfglab.data.digits import DigitsDataModule  # noqa: E402
+from cfglab.diffusion.guidance import CFG  # noqa: E402
 from cfglab.diffusion.samplers import DDIM  # noqa: E402
+from cfglab.diffusion.sampling import SamplingSettings  # noqa: E402
 from cfglab.lightning.guidance_sweep import GuidanceSweep  # noqa: E402
 from cfglab.metrics.fidelity import build_metrics  # noqa: E402
 from cfglab.sweep import SweepSettings  # noqa: E402
@@ -24,7 +26,7 @@ L.seed_everything(0)
 module = small_module()  # same initial weights on every rank
 sweep = GuidanceSweep(partial(build_metrics, cache_dir=f"{out}/cache"),
                       SweepSettings(ws=[0, 1.5], num_samples=70, batch_size=16, grid_per_class=2),
-                      sampler=DDIM(steps=3), out_dir=out)
+                      sampler=DDIM(steps=3), guidance=CFG(), sampling=SamplingSettings(), out_dir=out)
 trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=1,
                     limit_train_batches=0, limit_val_batches=0, logger=False, enable_checkpointing=False,
                     enable_progress_bar=False, enable_model_summary=False, callbacks=[sweep])

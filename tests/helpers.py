@@ -26,10 +26,10 @@ def small_module(**kw) -> CFGDiffusion:
     return CFGDiffusion(net, Cosine(), num_classes=10, **kw)
 
 
-def sample_module(module, labels, sampler, guidance, generator=None, **settings):
+def sample_module(module, labels, sampler, guidance, w, generator=None, **settings):
     """`sample` on a CFGDiffusion's network, clipping x0 to the image range [-1, 1] unless told otherwise."""
     settings = {"clip_x0": 1.0, **settings}
-    images, _ = sample(sampler=sampler, guidance=guidance, labels=labels, generator=generator,
+    images, _ = sample(sampler=sampler, guidance=guidance, labels=labels, w=w, generator=generator,
                        **module.sampling_args(), **settings)
     return images
 

@@ -15,20 +15,20 @@ from cfglab.diffusion.targets import Prediction, broadcast, check_target, to_pre
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: GuidanceInterval(w=1, sigma_lo=2, sigma_hi=1), "need 0 <= sigma_lo < sigma_hi, got sigma_lo=2"),
-    (lambda: GuidanceInterval(w=1, sigma_lo=1, sigma_hi=1), "sigma_hi=1"),
+    (lambda: GuidanceInterval(sigma_lo=2, sigma_hi=1), "need 0 <= sigma_lo < sigma_hi, got sigma_lo=2"),
+    (lambda: GuidanceInterval(sigma_lo=1, sigma_hi=1), "sigma_hi=1"),
     (lambda: ScheduledCFG(shape="exp"), "shape='exp'"),
     (lambda: CFGRescale(phi=2), "phi=2"),
     (lambda: DynamicThreshold(percentile=1.5), "percentile=1.5"),
     (lambda: APG(norm_threshold=0), "norm_threshold=0"),
-    (lambda: CFGPlusPlus(w=1.5), "w=1.5"),
+    (lambda: CFGPlusPlus().check_w(1.5), "w=1.5"),
     (lambda: DDIM(eta=1.5), "eta=1.5"),
     (lambda: Paper(v=1.5), "v=1.5"),
     (lambda: Cosine(s=-1), "s=-1"),
     (lambda: LinearBeta(beta_min=0.0), "beta_min=0.0"),
     (lambda: LinearBeta(beta_min=5.0, beta_max=5.0), "beta_max=5.0"),
     (lambda: SamplingSettings(clip_x0=0), "clip_x0=0"),
-    (lambda: GuidedDenoiser(lambda *a: a[0], Cosine(), CFG(), null_label=1, clip_x0=0.0), "clip_x0=0.0"),
+    (lambda: GuidedDenoiser(lambda *a: a[0], Cosine(), CFG(), 0.0, null_label=1, clip_x0=0.0), "clip_x0=0.0"),
     (lambda: check_target("score"), "'score'"),
     (lambda: to_prediction(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1), "score"), "'score'"),
 ])
@@ -37,8 +37,8 @@ def test_bad_parameters_are_refused_naming_the_value(make, message):
         make()
 
 
-@pytest.mark.parametrize("make", [lambda: GuidanceInterval(w=1, sigma_lo=0.0, sigma_hi=1.0), lambda: Cosine(s=0.0),
-                                  lambda: DynamicThreshold(percentile=1.0), lambda: CFGPlusPlus(w=1.0),
+@pytest.mark.parametrize("make", [lambda: GuidanceInterval(sigma_lo=0.0, sigma_hi=1.0), lambda: Cosine(s=0.0),
+                                  lambda: DynamicThreshold(percentile=1.0), lambda: CFGPlusPlus().check_w(1.0),
                                   lambda: Paper(v=1.0), lambda: SamplingSettings(clip_x0=0.5)])
 def test_edge_values_are_accepted(make):
     make()
@@ -50,30 +50,31 @@ def test_defaults_and_reprs_are_stable():
     assert repr(DDIM(10, eta=0.5)) == "DDIM(steps=10, eta=0.5)"
     assert repr(Cosine()) == "Cosine(log_snr_min=-20.0, log_snr_max=20.0, s=0.008)"
     assert (Schedule().log_snr_min, Schedule().log_snr_max) == (-20.0, 20.0)
+    assert repr(CFG()) == "CFG()" and repr(GuidanceInterval()) == "GuidanceInterval(sigma_lo=0.28, sigma_hi=5.42)"
 
 
 def test_guidance_interval_is_open_below_and_closed_above():
     """sigma = exp(-lambda / 2) is exactly 1 at lambda = 0: guided in (0.5, 1], not in (1, 2]."""
-    assert GuidanceInterval(w=2.0, sigma_lo=0.5, sigma_hi=1.0).strength(0.5, 0.0) == 2.0
-    assert GuidanceInterval(w=2.0, sigma_lo=1.0, sigma_hi=2.0).strength(0.5, 0.0) == 0.0
+    assert GuidanceInterval(sigma_lo=0.5, sigma_hi=1.0).strength(2.0, 0.5, 0.0) == 2.0
+    assert GuidanceInterval(sigma_lo=1.0, sigma_hi=2.0).strength(2.0, 0.5, 0.0) == 0.0
 
 
 def test_time_dependent_guidance_gets_the_step_time_through_the_denoiser():
     seen = []
 
     class Spy(ScheduledCFG):
-        def strength(self, t, log_snr):
+        def strength(self, w, t, log_snr):
             seen.append(t)
-            return super().strength(t, log_snr)
+            return super().strength(w, t, log_snr)
 
-    den = GuidedDenoiser(lambda x, t, y: x, Cosine(), Spy(w=1.0), null_label=1)
+    den = GuidedDenoiser(lambda x, t, y: x, Cosine(), Spy(), 1.0, null_label=1)
     den(torch.zeros(2, 1), 0.25, torch.zeros(2, dtype=torch.long))
     assert seen == [0.25]
 
 
 def test_dynamic_threshold_is_per_sample_and_keeps_eps_consistent():
     x0_net = lambda x, t, y: torch.stack([torch.full((4,), 0.5), torch.full((4,), 3.0)])[:len(x)].view(2, 1, 2, 2)  # noqa: E731
-    den = GuidedDenoiser(x0_net, Cosine(), DynamicThreshold(w=1.0), null_label=1, target="x0", batched=False)
+    den = GuidedDenoiser(x0_net, Cosine(), DynamicThreshold(), 1.0, null_label=1, target="x0", batched=False)
     x = torch.zeros(2, 1, 2, 2)
     pred = den(x, 0.5, torch.zeros(2, dtype=torch.long))
     torch.testing.assert_close(pred.x0[0], torch.full((1, 2, 2), 0.5))  # inside [-1, 1]: untouched by the other sample
@@ -87,9 +88,9 @@ def test_rescale_and_apg_with_small_predictions():
     cond = Prediction(0.01 * torch.arange(8.0).view(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))
     uncond = Prediction(0.005 * torch.arange(8.0).flip(0).view(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))
     x, one = torch.zeros(2, 1, 2, 2), torch.ones(2)
-    rescaled = CFGRescale(w=2.0, phi=1.0).combine(cond, uncond, 2.0, x, one, one, {})
+    rescaled = CFGRescale(phi=1.0).combine(cond, uncond, 2.0, x, one, one, {})
     torch.testing.assert_close(rescaled.x0.std(dim=(1, 2, 3)), cond.x0.std(dim=(1, 2, 3)))
-    apg = APG(w=2.0, eta=0.0).combine(cond, uncond, 2.0, x, one, one, {})
+    apg = APG(eta=0.0).combine(cond, uncond, 2.0, x, one, one, {})
     diff = cond.x0 - uncond.x0
     unit = cond.x0 / cond.x0.flatten(1).norm(dim=1).view(2, 1, 1, 1)
     par = (diff * unit).sum(dim=(1, 2, 3), keepdim=True) * unit
@@ -97,7 +98,7 @@ def test_rescale_and_apg_with_small_predictions():
 
 
 def test_apg_momentum_one_accumulates_every_difference():
-    g = APG(w=1.0, eta=1.0, momentum=1.0)
+    g = APG(eta=1.0, momentum=1.0)
     state, x, one = {}, torch.zeros(1, 1, 1, 2), torch.ones(1)
     for k in (1.0, 2.0):
         cond = Prediction(torch.tensor([[[[1.0, 0.0]]]]), x)
@@ -109,10 +110,10 @@ def test_sampler_guidance_check_assumes_eps_for_samplers_that_do_not_say():
     class Custom(Sampler):  # a user's sampler without the uses_eps attribute
         pass
 
-    check_sampler_guidance(Custom(steps=2), CFGPlusPlus(w=0.5))
+    check_sampler_guidance(Custom(steps=2), CFGPlusPlus())
     with pytest.raises(ValueError, match=r"CFGPlusPlus re-noises with the unconditional eps, which "
                                          r"DPMSolverPP2M\(steps=2\) does not use: pick a DDIM, DDPM or Paper sampler"):
-        check_sampler_guidance(DPMSolverPP2M(steps=2), CFGPlusPlus(w=0.5))
+        check_sampler_guidance(DPMSolverPP2M(steps=2), CFGPlusPlus())
 
 
 @pytest.mark.parametrize("sampler", [DDIM(3, eta=1.0), DPMSolverPP2M(3)], ids=repr)
@@ -142,8 +143,8 @@ class Linear(torch.nn.Module):
 def test_autocast_runs_the_network_only_in_bf16_and_returns_the_input_precision():
     net, x = Linear(), torch.randn(4, 8)
     labels = torch.zeros(4, dtype=torch.long)
-    full = GuidedDenoiser(net, Cosine(), CFG(), null_label=1)(x, 0.5, labels)
-    half = GuidedDenoiser(net, Cosine(), CFG(), null_label=1, autocast=torch.bfloat16)(x, 0.5, labels)
+    full = GuidedDenoiser(net, Cosine(), CFG(), 0.0, null_label=1)(x, 0.5, labels)
+    half = GuidedDenoiser(net, Cosine(), CFG(), 0.0, null_label=1, autocast=torch.bfloat16)(x, 0.5, labels)
     assert net.dtypes == [torch.float32, torch.bfloat16]
     assert full.eps.dtype == half.eps.dtype == torch.float32
     assert not torch.equal(full.eps, half.eps)
@@ -173,12 +174,12 @@ class Toy2D(torch.nn.Module):
 def test_batches_of_non_image_data_stay_float_and_empty_shards_are_empty():
     labels = torch.arange(6) % 2
     kw = {"null_label": 2, "batch_size": 4, "seed": 0}
-    x, nfe = sample_batch(Toy2D(), Cosine(), DDIM(2), CFG(w=1.0), labels, index=0, **kw)
+    x, nfe = sample_batch(Toy2D(), Cosine(), DDIM(2), CFG(), labels, w=1.0, index=0, **kw)
     assert x.dtype == torch.float32 and x.shape == (4, 2) and nfe == 4
     counted = []
-    both, _ = sample_batches(Toy2D(), Cosine(), DDIM(2), CFG(w=1.0), labels, progress=counted.append, **kw)
+    both, _ = sample_batches(Toy2D(), Cosine(), DDIM(2), CFG(), labels, w=1.0, progress=counted.append, **kw)
     assert counted == [4, 2] and both.shape == (6, 2)
-    empty, nfe = sample_batches(Toy2D(), Cosine(), DDIM(2), CFG(w=1.0), labels, rank=3, world=4, **kw)
+    empty, nfe = sample_batches(Toy2D(), Cosine(), DDIM(2), CFG(), labels, w=1.0, rank=3, world=4, **kw)
     assert empty.shape == (0, 2) and empty.dtype == torch.get_default_dtype() and nfe == 0.0
 
 
@@ -189,13 +190,13 @@ def test_empty_image_shards_are_uint8():
         def forward(self, x, t, labels):
             return x
 
-    empty, _ = sample_batches(Images(), Cosine(), DDIM(2), CFG(), torch.arange(2), null_label=2, batch_size=2, seed=0,
+    empty, _ = sample_batches(Images(), Cosine(), DDIM(2), CFG(), torch.arange(2), w=0.0, null_label=2, batch_size=2, seed=0,
                               rank=1, world=2)
     assert empty.shape == (0, 1, 2, 2) and empty.dtype == torch.uint8
 
 
 def test_scheduled_guidance_samples_through_the_sampling_function():
-    x, nfe = sample(Toy2D(), Cosine(), DDIM(4), ScheduledCFG(w=1.0, shape="linear"), torch.zeros(3, dtype=torch.long),
+    x, nfe = sample(Toy2D(), Cosine(), DDIM(4), ScheduledCFG(shape="linear"), torch.zeros(3, dtype=torch.long), w=1.0,
                     null_label=2, noise=torch.ones(3, 2))
     # s(t) = 2 (1 + w)(1 - t) = 1 at t = 0.75: w(t) = 0 there, so that step skips the unconditional forward
     assert torch.isfinite(x).all() and nfe == 7

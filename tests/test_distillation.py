@@ -132,7 +132,7 @@ def test_one_progressive_round_halves_the_steps_at_the_teachers_samples(mixture_
     fit(student, dm, 600, tmp_path)
     labels = torch.arange(2000) % 4
     noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5))
-    run = lambda m, n, w: sample(sampler=DDIM(steps=n), guidance=CFG(w=w), labels=labels, noise=noise,  # noqa: E731
+    run = lambda m, n, w: sample(sampler=DDIM(steps=n), guidance=CFG(), w=w, labels=labels, noise=noise,  # noqa: E731
                                  **m.sampling_args())
     for w in (0.0, 2.0):
         teacher_n, nfe = run(stage1, 2 * steps, w)

@@ -35,7 +35,7 @@ def test_unguided_samplers_reproduce_the_mixture(sampler):
     n = 4000
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(n) % mix.num_classes
-    den = GuidedDenoiser(ExactGMMModel(mix, SCHEDULE), SCHEDULE, CFG(w=0.0), null_label=mix.num_classes)
+    den = GuidedDenoiser(ExactGMMModel(mix, SCHEDULE), SCHEDULE, CFG(), 0.0, null_label=mix.num_classes)
     x = sampler(den, SCHEDULE, torch.randn(n, 2, generator=g, dtype=torch.float64), labels, g)
     truth = mix.sample(labels, torch.Generator().manual_seed(1))
     other = mix.sample(labels, torch.Generator().manual_seed(2))
@@ -54,7 +54,7 @@ def test_unconditional_sampling_keeps_mixture_weights():
     mix = ring_mixture()
     n = 4000
     g = torch.Generator().manual_seed(0)
-    den = GuidedDenoiser(ExactGMMModel(mix, SCHEDULE), SCHEDULE, CFG(w=3.0), null_label=mix.num_classes)
+    den = GuidedDenoiser(ExactGMMModel(mix, SCHEDULE), SCHEDULE, CFG(), 3.0, null_label=mix.num_classes)
     x = DDIM(steps=100)(den, SCHEDULE, torch.randn(n, 2, generator=g, dtype=torch.float64), None, g)
     assert den.nfe == 100  # no label: one forward per step, whatever w is
     frac = torch.bincount(mix.log_posterior(x).argmax(1), minlength=4).double() / n
@@ -98,7 +98,7 @@ def exact_guided_map():
 
 
 def guided_samples(sampler, x1):
-    den = GuidedDenoiser(TwoGaussians(), SCHEDULE, CFG(w=W), null_label=1)
+    den = GuidedDenoiser(TwoGaussians(), SCHEDULE, CFG(), W, null_label=1)
     return sampler(den, SCHEDULE, x1.clone(), torch.zeros(len(x1), dtype=torch.long), None)
 
 
@@ -155,9 +155,9 @@ def test_learned_mlp_agrees_with_the_exact_model_under_the_same_noise(tmp_path):
     noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(3))
     learned, ref = {}, {}
     for w in (0.0, 2.0):
-        learned[w] = sample_module(module, labels, DDIM(steps=50), CFG(w=w), torch.Generator().manual_seed(3),
+        learned[w] = sample_module(module, labels, DDIM(steps=50), CFG(), w, torch.Generator().manual_seed(3),
                                    clip_x0=None).double()
-        den = GuidedDenoiser(exact, SCHEDULE, CFG(w=w), null_label=4)
+        den = GuidedDenoiser(exact, SCHEDULE, CFG(), w, null_label=4)
         ref[w] = DDIM(steps=50)(den, SCHEDULE, noise.double(), labels)
     gap0 = float((learned[0.0] - ref[0.0]).norm(dim=1).median())
     gap2 = float((learned[2.0] - ref[2.0]).norm(dim=1).median())

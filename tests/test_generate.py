@@ -55,7 +55,7 @@ def test_generate_writes_adm_npz_pngs_and_metadata_for_each_w(ckpt, tmp_path):
         req = meta["request"]
         assert req["w"] == float(w) and req["seed"] == 0 and req["num_samples"] == 12 and req["step"] == 20
         assert req["ckpt_sha256"] == __import__("hashlib").sha256(ckpt.read_bytes()).hexdigest()
-        assert "DDIM(steps=3" in req["sampler"] and f"w={float(w)}" in req["guidance"]
+        assert "DDIM(steps=3" in req["sampler"] and req["guidance"] == "CFG()"
         assert meta["class_counts"][3] == meta["class_counts"][5] == 6 and meta["nfe_per_sample"] == (3 if w == "0" else 6)
         assert not (wdir / "batches").exists()
     assert "samples:" in proc.stdout and "w2/samples.npz" in proc.stdout
@@ -106,15 +106,54 @@ def test_a_folder_holding_another_request_is_refused(ckpt, tmp_path):
 @pytest.mark.parametrize("override, expected", [
     ("labels=banana", ["labels", "'banana'"]), ("labels=[]", ["labels", "[]"]), ("labels=[1,-2]", ["labels"]),
     ("num_samples=0", ["num_samples", "0"]), ("device=tpu", ["device", "'tpu'"]), ("ws=[0,-1]", ["ws[1]", "w=-1"]),
-    ("ws=[1,1]", ["ws", "repeats"]), ("+guidance.w=2", ["guidance.w", "the strengths are ws"]),
+    ("ws=[1,1]", ["ws", "repeats"]), ("+guidance.w=2", ["guidance.w: unknown key", "did you mean ws?"]),
     ("+data.colour=red", ["data.colour", "not a setting"]), ("data.data_dir=/x", ["data.data_dir", "not a setting"]),
-    ("png=maybe", ["png", "'maybe'"]), ("sampling.batched=2", ["sampling", "batched=2"]),
+    ("png=maybe", ["png", "'maybe'"]), ("sampling.batched=2", ["sampling.batched: 2: should be a valid boolean"]),
 ])
 def test_bad_generate_configs_are_refused(ckpt, tmp_path, override, expected):
     cfg = composed("generate", [f"ckpt_path={ckpt}", override], tmp_path / "out")
     with pytest.raises(ConfigError) as err:
         check_generate_config(cfg)
     assert all(s in str(err.value) for s in expected), str(err.value)
+
+
+@pytest.mark.parametrize("labels", ["12", "[3,12]"])
+def test_a_class_the_checkpoint_lacks_is_refused_before_anything_is_written(ckpt, tmp_path, labels):
+    """The check resolves the labels with the code that resolves them when generating (generate.requested_labels)."""
+    out = tmp_path / "gen"
+    proc = run("generate.py", f"ckpt_path={ckpt}", f"hydra.run.dir={out}", f"labels={labels}", "num_samples=10",
+               "device=cpu", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "class 12 is not one of the checkpoint's classes 0 ... 9" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_one_generate_run_opens_the_checkpoint_once(ckpt, tmp_path):
+    """The check, the model, the sha256 and the run identity all come from one read of the file (an audit hook
+    sees every open() of Python code; torch.load is never handed the path, so no C++ reader opens it either)."""
+    wrapper = f"""
+import runpy, sys, torch
+from pathlib import Path
+target, opens, loads = Path({str(ckpt)!r}).resolve(), [], []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, Path)) and Path(str(args[0])).resolve() == target:
+        opens.append(args[1])
+sys.addaudithook(hook)
+load = torch.load
+def counted(f, *a, **k):
+    loads.append(not hasattr(f, "read") and Path(str(f)).resolve() == target)
+    return load(f, *a, **k)
+torch.load = counted
+sys.argv = ["generate.py", "ckpt_path={ckpt}", "hydra.run.dir={tmp_path / 'gen'}", "ws=[0,1]", "num_samples=4",
+            "batch_size=4", "sampler.steps=2", "device=cpu"]
+try:
+    runpy.run_path({str(ROOT / 'generate.py')!r}, run_name="__main__")
+finally:
+    print("OPENS", len(opens), "LOADS_BY_PATH", sum(loads))
+"""
+    proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert "OPENS 1 LOADS_BY_PATH 0" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (tmp_path / "gen" / "w1" / "samples.npz").is_file()
 
 
 def test_png_is_refused_for_data_that_are_not_images(tmp_path):

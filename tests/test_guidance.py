@@ -33,12 +33,12 @@ def test_per_sample_w_broadcasts():
 @pytest.mark.parametrize("w", [-0.5, float("nan")])
 def test_negative_w_rejected(w):
     with pytest.raises(ValueError, match="w="):
-        CFG(w=w)
+        CFG().check_w(w)
 
 
 def make(w, batched=True):
     net = Recorder()
-    return net, GuidedDenoiser(net, Cosine(), CFG(w=w), null_label=10, target="eps", batched=batched)
+    return net, GuidedDenoiser(net, Cosine(), CFG(), w, null_label=10, target="eps", batched=batched)
 
 
 def test_batched_equals_separate_passes_and_counts_nfe():

@@ -120,7 +120,7 @@ def test_one_batched_forward_and_two_forwards_give_the_same_samples():
     from cfglab.diffusion.samplers import DDIM
 
     module = small_module()
-    a, b = (sample_module(module, torch.arange(4), DDIM(steps=3), CFG(w=2.0), torch.Generator().manual_seed(0),
+    a, b = (sample_module(module, torch.arange(4), DDIM(steps=3), CFG(), 2.0, torch.Generator().manual_seed(0),
                           batched=batched) for batched in (True, False))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -164,7 +164,7 @@ def test_bf16_autocast_training_and_sampling_stay_finite_and_close_to_float32():
         for w in (0.0, 4.0):
             out = {}
             for precision, autocast in (("32-true", None), ("bf16-mixed", torch.bfloat16)):
-                out[precision] = sample_module(module, labels, sampler, CFG(w=w), torch.Generator().manual_seed(0),
+                out[precision] = sample_module(module, labels, sampler, CFG(), w, torch.Generator().manual_seed(0),
                                                autocast=autocast)
             assert torch.isfinite(out["bf16-mixed"]).all()
             gap = (out["bf16-mixed"] - out["32-true"]).abs().mean().item()

@@ -141,7 +141,7 @@ def test_few_guided_steps_match_exact_moment_propagation(sampler_cls, kw, w, ste
     n = 200_000
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(n, 1, generator=g, dtype=F64)
-    x, nfe = sample(TwoGaussians(), SCHEDULE, sampler, CFG(w=w), torch.zeros(n, dtype=torch.long), null_label=1,
+    x, nfe = sample(TwoGaussians(), SCHEDULE, sampler, CFG(), torch.zeros(n, dtype=torch.long), w=w, null_label=1,
                     generator=g, noise=noise)
     m, v = propagated_moments(sampler, w, steps)
     assert x.dtype == F64 and nfe == steps * (2 if w else 1)
@@ -201,7 +201,7 @@ def test_guided_samplers_follow_the_mixture_ode_per_sample():
     ref = torch.from_numpy(ode_reference(x1.numpy(), labels.numpy(), w))
 
     def error(sampler):
-        x, _ = sample(MixtureNet(), SCHEDULE, sampler, CFG(w=w), labels, null_label=4, noise=x1.clone())
+        x, _ = sample(MixtureNet(), SCHEDULE, sampler, CFG(), labels, w=w, null_label=4, noise=x1.clone())
         return float((x - ref).norm(dim=1).max())
 
     ddim = [error(DDIM(n)) for n in (100, 200, 400)]
@@ -247,7 +247,7 @@ def test_clipped_ddpm_step_is_the_posterior_mean_of_the_clipped_x0():
             alpha, sigma = (v.to(x.dtype)[:, None] for v in SCHEDULE.alpha_sigma(t.to(F64)))
             return (x - alpha * 1.5 * torch.tanh(3 * x)) / sigma
 
-    den = GuidedDenoiser(Overshooting(), SCHEDULE, CFG(w=0.0), null_label=1, clip_x0=1.0)
+    den = GuidedDenoiser(Overshooting(), SCHEDULE, CFG(), 0.0, null_label=1, clip_x0=1.0)
     seen = []
 
     def recording(x, t, labels):
@@ -284,7 +284,7 @@ def test_ddim_cfgpp_trajectory_matches_the_paper(lam, clip):
         if clip is not None:
             x0 = x0.clamp(-clip, clip)
         x = math.sqrt(abar(ts[i + 1])) * x0 + math.sqrt(1 - abar(ts[i + 1])) * eps_u
-    out, _ = sample(net, SCHEDULE, DDIM(steps), CFGPlusPlus(w=lam), labels, null_label=1, noise=x1.clone(),
+    out, _ = sample(net, SCHEDULE, DDIM(steps), CFGPlusPlus(), labels, w=lam, null_label=1, noise=x1.clone(),
                     clip_x0=clip)
     torch.testing.assert_close(out, x, rtol=0, atol=1e-10)
 
@@ -323,14 +323,14 @@ def test_apg_over_ddim_steps_matches_the_paper(eta, norm_threshold, momentum):
         d = d_c + w * ((diff - par) + eta * par)
         eps = (x - math.sqrt(a_t) * d) / math.sqrt(1 - a_t)
         x = math.sqrt(a_s) * d + math.sqrt(1 - a_s) * eps
-    out, _ = sample(net, SCHEDULE, DDIM(steps), APG(w=w, eta=eta, norm_threshold=norm_threshold, momentum=momentum),
-                    labels, null_label=3, noise=x1.clone())
+    out, _ = sample(net, SCHEDULE, DDIM(steps), APG(eta=eta, norm_threshold=norm_threshold, momentum=momentum),
+                    labels, w=w, null_label=3, noise=x1.clone())
     torch.testing.assert_close(out, x, rtol=0, atol=1e-9)
 
 
 def test_float64_sampling_stays_float64_at_the_network_boundary():
     """A float32 cast of the network's output would round eps to about 1e-8 relative."""
-    den = GuidedDenoiser(TwoGaussians(), SCHEDULE, CFG(w=1.5), null_label=1)
+    den = GuidedDenoiser(TwoGaussians(), SCHEDULE, CFG(), 1.5, null_label=1)
     x = torch.linspace(-2, 2, 11, dtype=F64)[:, None] + 1e-9
     pred = den(x, 0.4, torch.zeros(11, dtype=torch.long))
     alpha, sigma = math.sqrt(abar(0.4)), math.sqrt(1 - abar(0.4))

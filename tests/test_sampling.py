@@ -1,31 +1,28 @@
-"""The sampling functions every caller uses, their settings, old checkpoints, and the package's import graph."""
+"""The sampling functions every caller uses, their settings, and the package's import graph."""
 
 import ast
-import logging
 import re
 
 import pytest
 import torch
 
-from cfglab.build import build
-from cfglab.checkpoints import load_module
 from cfglab.diffusion.denoiser import GuidedDenoiser
 from cfglab.diffusion.guidance import CFG, GuidanceInterval
 from cfglab.diffusion.samplers import DDIM, DDPM
 from cfglab.diffusion.sampling import SamplingSettings, sample, sample_batches
 from cfglab.images import to_uint8
-from helpers import ROOT, composed, small_module
+from helpers import ROOT, small_module
 
 
 def test_sample_is_the_sampler_over_the_guided_denoiser_from_seeded_noise():
     """sample() adds nothing of its own: noise from the generator, then the sampler over GuidedDenoiser."""
     module = small_module()
-    labels, guidance = torch.arange(6), GuidanceInterval(w=2.0, sigma_lo=0.5, sigma_hi=3.0)
-    out, nfe = sample(sampler=DDPM(steps=8), guidance=guidance, labels=labels, clip_x0=1.0, batched=False,
+    labels, guidance = torch.arange(6), GuidanceInterval(sigma_lo=0.5, sigma_hi=3.0)
+    out, nfe = sample(sampler=DDPM(steps=8), guidance=guidance, labels=labels, w=2.0, clip_x0=1.0, batched=False,
                       generator=torch.Generator().manual_seed(4), **module.sampling_args())
     g = torch.Generator().manual_seed(4)
     noise = torch.randn(6, 1, 8, 8, generator=g)
-    den = GuidedDenoiser(module.net.eval(), module.schedule, guidance, null_label=10, clip_x0=1.0, batched=False)
+    den = GuidedDenoiser(module.net.eval(), module.schedule, guidance, 2.0, null_label=10, clip_x0=1.0, batched=False)
     with torch.inference_mode():
         ref = DDPM(steps=8)(den, module.schedule, noise, labels, g)
     assert torch.equal(out, ref) and nfe == den.nfe and 8 < nfe < 16
@@ -34,13 +31,13 @@ def test_sample_is_the_sampler_over_the_guided_denoiser_from_seeded_noise():
 def test_sample_leaves_the_network_in_its_training_mode():
     module = small_module()
     module.net.train()
-    sample(sampler=DDIM(steps=2), guidance=CFG(w=1.0), labels=torch.arange(2), **module.sampling_args())
+    sample(sampler=DDIM(steps=2), guidance=CFG(), w=1.0, labels=torch.arange(2), **module.sampling_args())
     assert module.net.training
 
 
 def test_sharded_batches_put_together_equal_one_process():
     module, labels = small_module(), torch.arange(23) % 10
-    kw = dict(sampler=DDIM(steps=3, eta=1.0), guidance=CFG(w=1.5), labels=labels, batch_size=5, seed=7,
+    kw = dict(sampler=DDIM(steps=3, eta=1.0), guidance=CFG(), w=1.5, labels=labels, batch_size=5, seed=7,
               clip_x0=1.0, **module.sampling_args())
     whole, nfe = sample_batches(**kw)
     shards = [sample_batches(**kw, rank=r, world=2)[0] for r in range(2)]
@@ -50,7 +47,7 @@ def test_sharded_batches_put_together_equal_one_process():
     assert torch.equal(torch.cat(batches), whole)
     # batch i does not depend on what ran before it
     g = torch.Generator().manual_seed(7 * 1_000_003 + 1)
-    x, _ = sample(sampler=kw["sampler"], guidance=kw["guidance"], labels=labels[5:10], generator=g, clip_x0=1.0,
+    x, _ = sample(sampler=kw["sampler"], guidance=kw["guidance"], labels=labels[5:10], w=1.5, generator=g, clip_x0=1.0,
                   **module.sampling_args())
     assert torch.equal(to_uint8(x), whole[5:10])
 
@@ -68,23 +65,6 @@ def test_settings_resolve_for_the_device_and_the_data():
 def test_bad_settings_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         SamplingSettings(**bad)
-
-
-def test_a_checkpoint_with_sampling_settings_in_the_model_still_loads(tmp_path, caplog):
-    """Checkpoints written before the `sampling` group kept clip_x0, batched_guidance and sample_precision under
-    module: they load, and the old values are named once and not used."""
-    cfg = composed("config", ["model.base_channels=16"], tmp_path)
-    _, module = build(cfg)
-    config = dict(module.build_config)
-    config["module"] = {**config["module"], "clip_x0": 1.0, "batched_guidance": True, "sample_precision": "32-true"}
-    path = tmp_path / "old.ckpt"
-    torch.save({"state_dict": module.state_dict(), "cfglab_config": config, "global_step": 7}, path)
-    with caplog.at_level(logging.WARNING, logger="cfglab.checkpoints"):
-        _, loaded = load_module(path)
-    assert loaded.checkpoint_step == 7
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), module.state_dict().values()))
-    text = caplog.text
-    assert "module.batched_guidance=True" in text and "sampling.batched" in text and "sampling.clip_x0" in text
 
 
 def test_the_readme_sampling_example_runs():

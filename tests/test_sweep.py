@@ -53,7 +53,7 @@ def test_record_round_trip_and_csv(tmp_path):
 def test_done_points_are_not_recomputed(tmp_path):
     module = small_module()
     fake_metrics = lambda images, labels: {"fid": float(images.float().mean())}  # noqa: E731
-    points = lambda ws: run_points(module, SweepSettings(ws, num_samples=8, batch_size=4), DDIM(steps=2), CFG,  # noqa: E731
+    points = lambda ws: run_points(module, SweepSettings(ws, num_samples=8, batch_size=4), DDIM(steps=2), CFG(),  # noqa: E731
                                    SETTINGS, fake_metrics, SweepRecord(tmp_path))
     first = points([0.0, 1.0])
     with mock.patch("cfglab.sweep.sample_batches", side_effect=AssertionError("recomputed")):
@@ -69,7 +69,7 @@ def test_callback_on_tiny_model_writes_every_artifact(tmp_path):
     dm = DigitsDataModule(batch_size=64)
     sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")),
                           SweepSettings(ws=[0, 2], num_samples=60, batch_size=30, grid_per_class=3),
-                          sampler=DDIM(steps=4), out_dir=str(tmp_path / "run"))
+                          sampler=DDIM(steps=4), guidance=CFG(), sampling=SamplingSettings(), out_dir=str(tmp_path / "run"))
     logger = CSVLogger(tmp_path, name="csv")
     trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=logger, callbacks=[sweep], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
@@ -96,9 +96,9 @@ def test_bad_sweep_settings(bad, match):
 
 def test_the_guidance_method_checks_every_w_of_the_sweep():
     with pytest.raises(ValueError, match="w=-1"):
-        GuidanceSweep(metrics=None, sweep=SweepSettings(ws=[0, -1]))
+        GuidanceSweep(None, SweepSettings(ws=[0, -1]), DDIM(steps=2), CFG(), SamplingSettings())
     with pytest.raises(ValueError, match="lambda w=2"):
-        GuidanceSweep(metrics=None, sweep=SweepSettings(ws=[0, 2]), guidance=CFGPlusPlus)
+        GuidanceSweep(None, SweepSettings(ws=[0, 2]), DDIM(steps=2), CFGPlusPlus(), SamplingSettings())
 
 
 def test_evaluate_killed_midway_resumes_without_recomputing(tmp_path):
@@ -148,7 +148,7 @@ def test_every_guidance_config_is_a_sweep_axis(name, tmp_path):
     points = run_points(small_module(), SweepSettings(ws, num_samples=6, batch_size=6), DDIM(steps=3), guidance,
                         SETTINGS, fake_metrics, SweepRecord(tmp_path))
     assert [p["w"] for p in points] == ws
-    assert len({p["key"]["guidance"] for p in points}) == 3  # each point carries its own strength
+    assert [p["key"]["w"] for p in points] == ws and len({p["key"]["guidance"] for p in points}) == 1
 
 
 def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_runs_group(tmp_path):
@@ -187,8 +187,8 @@ def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     L.seed_everything(0)
     sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")),
-                          SweepSettings(ws=[0, 1], num_samples=30, batch_size=30), sampler=DDIM(steps=2),
-                          out_dir=str(tmp_path / "run"))
+                          SweepSettings(ws=[0, 1], num_samples=30, batch_size=30), sampler=DDIM(steps=2), guidance=CFG(),
+                          sampling=SamplingSettings(), out_dir=str(tmp_path / "run"))
     logger = WandbLogger(project="cfglab-test", save_dir=str(tmp_path), offline=True)
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=logger, callbacks=[sweep], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
@@ -219,8 +219,8 @@ def test_periodic_sweeps_during_training_and_the_final_one_reuses_the_last(tmp_p
     L.seed_everything(0)
     dm = DigitsDataModule(batch_size=64, val_fraction=0.1)  # 1,617 training images: 25 steps per epoch
     sweep = GuidanceSweep(partial(build_metrics, cache_dir=str(tmp_path / "cache")),
-                          SweepSettings(ws=[0, 1], num_samples=30, batch_size=30), sampler=DDIM(steps=2),
-                          every_n_epochs=1, out_dir=str(tmp_path / "run"))
+                          SweepSettings(ws=[0, 1], num_samples=30, batch_size=30), sampler=DDIM(steps=2), guidance=CFG(),
+                          sampling=SamplingSettings(), every_n_epochs=1, out_dir=str(tmp_path / "run"))
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, callbacks=[sweep], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     with mock.patch("cfglab.sweep.sample_batches", wraps=sample_batches) as gen:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cfglab.checkpoints import load_module
+from cfglab.checkpoints import Checkpoint
 from cfglab.diffusion.guidance import CFG
 from cfglab.diffusion.samplers import DDIM
 from helpers import ROOT, sample_module
@@ -58,7 +58,7 @@ def test_short_run_writes_grids_checkpoint_and_logs(tmp_path):
         assert img.size == (2 * 33 + 1, 10 * 33 + 1)
     rows = list(csv.DictReader(open(next((tmp_path / "csv").rglob("metrics.csv")))))
     assert any(r.get("train/loss") for r in rows)
-    _, module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    _, module = Checkpoint.open(tmp_path / "checkpoints" / "last.ckpt").module()
     assert module.p_uncond == 0.1 and module.num_classes == 10
     # the final step, not the last periodic save (step 10)
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
@@ -69,7 +69,7 @@ def test_overrides_reach_the_objects(tmp_path):
     run_train(tmp_path, "trainer.max_steps=2", "sampler=ddpm", "sampler.steps=2", "grids.per_class=1",
               "schedule=paper", "module.target=v", "module.p_uncond=0.3", "model.base_channels=16",
               "~callbacks.sweep")
-    _, module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    _, module = Checkpoint.open(tmp_path / "checkpoints" / "last.ckpt").module()
     assert module.target == "v" and module.p_uncond == 0.3 and module.net.base_channels == 16
     assert type(module.schedule).__name__ == "PaperLogSNR"
 
@@ -93,12 +93,12 @@ def digits_classifier():
 def test_default_job_samples_follow_their_labels(tmp_path):
     """Default `python train.py`: a classifier fitted on real digits recognises guided samples' classes."""
     run_train(tmp_path)
-    _, module = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    _, module = Checkpoint.open(tmp_path / "checkpoints" / "last.ckpt").module()
     clf = digits_classifier()
     labels = torch.arange(10).repeat_interleave(50)
     acc = {}
     for w in (0.0, 3.0):
-        x = sample_module(module, labels, DDIM(steps=50), CFG(w=w), torch.Generator().manual_seed(0))
+        x = sample_module(module, labels, DDIM(steps=50), CFG(), w, torch.Generator().manual_seed(0))
         acc[w] = float(np.mean(clf.predict(x.reshape(len(x), -1).numpy()) == labels.numpy()))
     print(f"classifier accuracy on guided samples: {acc}")
     assert acc[3.0] >= 0.9
@@ -125,7 +125,7 @@ def test_malicious_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "cfglab_config": {}, "payload": Exploit()}, bad)
     with pytest.raises(ValueError, match="holds objects that only arbitrary code can unpickle") as err:
-        load_module(bad)
+        Checkpoint.open(bad).module()
     assert isinstance(err.value.__cause__, pickle.UnpicklingError)
-    with pytest.raises(FileNotFoundError, match="ckpt_path='/nowhere.ckpt'"):
-        load_module("/nowhere.ckpt")
+    with pytest.raises(ValueError, match="'/nowhere.ckpt' is not a file"):
+        Checkpoint.open("/nowhere.ckpt")

@@ -1,108 +1,201 @@
-"""Load a trained module from a checkpoint written by train.py, without unpickling arbitrary objects."""
+"""A checkpoint written by train.py, as one object: read once per process, its cfglab fields written and read here.
+
+Besides Lightning's own entries (`state_dict` with the EMA weights when training kept an EMA, `global_step`,
+optimizer and loop states), a cfglab checkpoint holds
+  cfglab_config        the config groups that rebuild its module (data, model with the data's shape, schedule,
+                       module), resolved: what evaluate.py, generate.py, a student and autoguidance rebuild from;
+  cfglab_run           the training run's name and group (and W&B project and id), which eval and generate
+                       runs join;
+  cfglab_distillation  for a distilled student, the distillation module's settings (its config rebuilds a plain
+                       model: the student needs no teacher to sample).
+"""
 
 from __future__ import annotations
 
-import logging
+import copy
+import hashlib
+import json
+import mmap
 import pickle
 from pathlib import Path
 from typing import Optional
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torch import nn
 
 from cfglab.build import build
-from cfglab.diffusion.guidance import CFG, Autoguidance
 
-log = logging.getLogger(__name__)
+CONFIG, RUN, DISTILLATION = "cfglab_config", "cfglab_run", "cfglab_distillation"
 
-# Sampling settings that checkpoints written before the `sampling` config group kept under `module`.
-MOVED_MODULE_KEYS = {"clip_x0": "sampling.clip_x0", "batched_guidance": "sampling.batched",
-                     "sample_precision": "sampling.precision"}
+SAMPLE_ADVICE = "point ckpt_path at another checkpoint (e.g. an earlier one of the same run)"
+GUIDE_ADVICE = "point guidance.guide_ckpt at another checkpoint"
+RESUME_ADVICE = ("move it aside to start afresh (or to resume from an earlier checkpoint: ckpt_path=<its path>); "
+                 "checkpoints are written atomically, so this file was damaged after it was written")
 
 
-def load_module(ckpt_path: str | Path, map_location: str = "cpu", data: Optional[dict] = None):
-    """Rebuild (data module, CFGDiffusion) from the config stored in the checkpoint and load its weights.
+def write_fields(checkpoint: dict, config: Optional[dict], run: Optional[dict],
+                 distillation: Optional[dict] = None) -> None:
+    """Add cfglab's fields to a checkpoint Lightning is about to save (the module's `on_save_checkpoint`)."""
+    for key, value in ((CONFIG, config), (RUN, run), (DISTILLATION, distillation)):
+        if value is not None:
+            checkpoint[key] = value
 
-    data: settings that replace the checkpoint's own data settings, e.g. {"data_dir": ...} for a checkpoint
-    trained on another machine; each must be a setting the stored data config has.
-    The checkpoint's `state_dict` holds the EMA weights when training used EMAWeightAveraging; the module's
-    `checkpoint_step` is the training step the checkpoint was written at.
+
+def model_kind(num_classes: int, target: str, schedule) -> dict:
+    """What makes two models of the same kind, as autoguidance and distillation need: the classes (the null
+    label is num_classes), the prediction target and the noise schedule."""
+    return {"num_classes": int(num_classes), "target": target, "schedule": repr(schedule)}
+
+
+def check_same_kind(ours: dict, theirs: dict, name: str) -> None:
+    """Raise ValueError naming `name` (e.g. "guidance.guide_ckpt='a.ckpt'") and every way the two kinds differ."""
+    differ = [f"{k} {theirs[k]!r} (this model: {ours[k]!r})" for k in ours if ours[k] != theirs[k]]
+    if differ:
+        raise ValueError(f"{name} has {', '.join(differ)}: it must be a model of the same kind (the same classes, "
+                         "prediction target and noise schedule)")
+
+
+def _identity(path: Path) -> tuple:
+    """The same file, unchanged: its resolved path, size and modification time."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+class Checkpoint:
+    """A cfglab checkpoint, opened once per process: `Checkpoint.open(path)` returns the same object for the same
+    unchanged file, so the configuration check and the job read it once between them.
+
+    path, sha256 (of the file, computed on first use from the one mapping of it), step (the training step it was
+    written at), config (the build config, `cfglab_config`), run (the training run's identity), distillation,
+    kind (`model_kind`), and `module(data)`: the (data module, CFGDiffusion) rebuilt and loaded, built once.
     Loading uses `weights_only=True`: a checkpoint that needs arbitrary code to unpickle is refused.
     """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(path)!r} does not exist")
-    config = stored_config(path)  # a damaged file is named before anything is built
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    moved = {k: config["module"].pop(k) for k in list(config.get("module", {})) if k in MOVED_MODULE_KEYS}
-    if moved:
-        log.warning("%s was written by an older cfglab that kept sampling settings in the model (%s); they are not "
-                    "used: sampling follows the `sampling` config group (%s)", path,
-                    ", ".join(f"module.{k}={v!r}" for k, v in moved.items()),
-                    ", ".join(MOVED_MODULE_KEYS[k] for k in moved))
-    config["data"] = data_config(config, data)
-    datamodule, module = build(OmegaConf.create(config))
-    module.load_state_dict(ckpt["state_dict"])
-    module.checkpoint_step = int(ckpt.get("global_step", 0))
-    return datamodule, module.eval()
+
+    _opened: dict[tuple, "Checkpoint"] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, advice: str = SAMPLE_ADVICE) -> "Checkpoint":
+        """The checkpoint at `path`; a missing, damaged or foreign file is a ValueError naming the file and what to
+        do (`advice`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{str(path)!r} is not a file")
+        ident = _identity(path)
+        if ident not in cls._opened:
+            cls._opened[ident] = cls(path, advice)
+        return cls._opened[ident]
+
+    @classmethod
+    def take(cls, path: str | Path) -> Optional[dict]:
+        """The whole contents of the checkpoint at `path` if this process opened it and built nothing from it
+        (else None), handed over: the object is forgotten, so that the contents are not held twice (Lightning
+        resuming a fit)."""
+        path = Path(path)
+        ident = _identity(path) if path.is_file() else None
+        opened = cls._opened.get(ident)
+        if opened is None or opened._built:
+            return None
+        del cls._opened[ident]
+        return opened.contents
+
+    def __init__(self, path: Path, advice: str):
+        self.path = path
+        try:
+            with open(path, "rb") as f:  # the only open: hashing and unpickling both read this mapping
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self.contents: dict = torch.load(self._map, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" in str(e):  # whole, but it needs arbitrary code to unpickle
+                raise ValueError(f"{str(path)!r} holds objects that only arbitrary code can unpickle, and "
+                                 f"cfglab loads checkpoints with weights_only=True: {advice}") from e
+            raise ValueError(f"{str(path)!r} is truncated or corrupt, not a readable checkpoint ({e}): "
+                             f"{advice}") from e
+        except (RuntimeError, EOFError, OSError, ValueError) as e:  # mmap of an empty file: ValueError
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{str(path)!r} is truncated or corrupt, not a readable checkpoint ({first}): "
+                             f"{advice}") from e
+        if not isinstance(self.contents, dict) or not isinstance(self.contents.get(CONFIG), dict):
+            raise ValueError(f"{str(path)!r} has no {CONFIG!r}: not a checkpoint written by cfglab's train.py")
+        self.config: dict = self.contents[CONFIG]
+        self.step = int(self.contents.get("global_step", 0))
+        stored = self.contents.get(RUN)
+        self.run: dict = dict(stored) if stored else {"name": path.resolve().parent.parent.name, "group": None}
+        self.distillation: Optional[dict] = self.contents.get(DISTILLATION)
+        self._sha256: Optional[str] = None
+        self._built: dict[str, tuple] = {}
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self._map).hexdigest()
+        return self._sha256
+
+    @property
+    def is_images(self) -> bool:
+        """Whether the model's data are images (their data config has an image size)."""
+        return "image_size" in self.config["data"]
+
+    @property
+    def guidance_range(self) -> Optional[tuple[float, float]]:
+        """The w range of a guidance-distilled network, None for a joint model."""
+        w_range = self.config["model"].get("guidance_range")
+        return None if w_range is None else tuple(float(w) for w in w_range)
+
+    def schedule(self):
+        return instantiate(self.config["schedule"])
+
+    @property
+    def kind(self) -> dict:
+        return model_kind(self.config["model"]["num_classes"], self.config["module"]["target"], self.schedule())
+
+    def data_config(self, data: Optional[dict] = None) -> dict:
+        """The checkpoint's data settings with the non-null values of `data` replacing some of them (the data
+        set's location on this machine, say); each must be one it has."""
+        data = {k: v for k, v in (data or {}).items() if v is not None}
+        stored = self.config["data"]
+        unknown = sorted(set(data) - set(stored))
+        if unknown:
+            raise ValueError(f"data.{unknown[0]}: not a setting of this checkpoint's data ({stored['_target_']}); "
+                             f"it has {sorted(k for k in stored if not k.startswith('_'))}")
+        return {**stored, **data}
+
+    def datamodule(self, data: Optional[dict] = None):
+        """The data module of the checkpoint's data settings (replaced by `data`), not loaded."""
+        return instantiate(self.data_config(data))
+
+    def net_weights(self) -> dict:
+        """The network's weights (the EMA weights when training kept an EMA), without building the module."""
+        if self._built:
+            return next(iter(self._built.values()))[1].net.state_dict()
+        return {k[len("net."):]: v for k, v in self.contents["state_dict"].items() if k.startswith("net.")}
+
+    def module(self, data: Optional[dict] = None):
+        """(data module, CFGDiffusion in eval mode with the checkpoint's weights), built once per `data`; the
+        module's `checkpoint_step` is `step`. The weights are released from `contents` once loaded."""
+        tag = json.dumps(data or {}, sort_keys=True, default=str)
+        if tag not in self._built:
+            config = {**copy.deepcopy(self.config), "data": self.data_config(data)}
+            datamodule, module = build(OmegaConf.create(config))
+            if self._built:  # built before with other data settings
+                module.load_state_dict(next(iter(self._built.values()))[1].state_dict())
+            else:
+                module.load_state_dict(self.contents["state_dict"])
+                # The weights now live in the module; optimizer and loop states serve no sampling job.
+                self.contents = {k: v for k, v in self.contents.items() if k in (CONFIG, RUN, DISTILLATION)}
+            module.checkpoint_step = self.step
+            self._built[tag] = (datamodule, module.eval())
+        return self._built[tag]
 
 
-def read_checkpoint(path: str | Path, advice: str) -> dict:
-    """A checkpoint's contents, memory-mapped (tensors are read only when used); a truncated or corrupt file is
-    a ValueError naming it and saying what to do (`advice`), not an unpickling traceback."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):  # whole, but it needs arbitrary code to unpickle
-            raise ValueError(f"{str(path)!r} holds objects that only arbitrary code can unpickle, and cfglab loads "
-                             f"checkpoints with weights_only=True: {advice}") from e
-        raise ValueError(f"{str(path)!r} is truncated or corrupt, not a readable checkpoint ({e}): {advice}") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ValueError(f"{str(path)!r} is truncated or corrupt, not a readable checkpoint "
-                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__}): {advice}") from e
-
-
-def stored_config(ckpt_path: str | Path, advice: str = "point ckpt_path at another checkpoint") -> dict:
-    """The cfglab config a checkpoint was written with, read without loading its weights into memory."""
-    return _config_of(read_checkpoint(ckpt_path, advice), ckpt_path)
-
-
-def run_identity(ckpt_path: str | Path) -> dict:
-    """The name and group of the training run that wrote a checkpoint (and its W&B project and id, if it logged
-    there); for a checkpoint without them, the run directory's name (<run>/checkpoints/<file>) and no group."""
-    stored = read_checkpoint(ckpt_path, "point ckpt_path at another checkpoint").get("cfglab_run")
-    return dict(stored) if stored else {"name": Path(ckpt_path).resolve().parent.parent.name, "group": None}
-
-
-def _config_of(ckpt: dict, path: str | Path) -> dict:
-    if "cfglab_config" not in ckpt:
-        raise ValueError(f"ckpt_path={str(path)!r} has no 'cfglab_config': not a checkpoint written by cfglab's train.py")
-    return ckpt["cfglab_config"]
-
-
-def data_config(config: dict, data: Optional[dict]) -> dict:
-    """The checkpoint's data settings with the non-null values of `data` replacing some of them; each must be one
-    it has."""
-    data = {k: v for k, v in (data or {}).items() if v is not None}
-    unknown = sorted(set(data) - set(config["data"]))
-    if unknown:
-        raise ValueError(f"data.{unknown[0]}: not a setting of this checkpoint's data ({config['data']['_target_']}); "
-                         f"it has {sorted(k for k in config['data'] if not k.startswith('_'))}")
-    return {**config["data"], **data}
-
-
-def load_guide_net(guidance: CFG, module) -> Optional[nn.Module]:
-    """The weaker network that autoguidance guides with, on `module`'s device (None for other methods).
-
-    It must be a model of the same kind: the same classes, prediction target and noise schedule."""
-    if not isinstance(guidance, Autoguidance):
+def load_guide_net(guidance, module) -> Optional[torch.nn.Module]:
+    """The network that guides instead of the model's own unconditional prediction (autoguidance's weaker
+    version of the model, `guidance.guide_ckpt`), on `module`'s device; None for methods without one. It must be a
+    model of the same kind as `module`."""
+    if guidance.guide_ckpt is None:
         return None
-    if not guidance.guide_ckpt:
-        raise ValueError("autoguidance needs guidance.guide_ckpt: the checkpoint of a weaker model")
-    _, guide = load_module(guidance.guide_ckpt)
-    kind = lambda m: (m.num_classes, m.target, repr(m.schedule))  # noqa: E731
-    if kind(guide) != kind(module):
-        raise ValueError(f"guide_ckpt={guidance.guide_ckpt!r} has num_classes, target, schedule = {kind(guide)}; "
-                         f"this model has {kind(module)}")
-    return guide.net.to(module.device).eval()
+    guide = Checkpoint.open(guidance.guide_ckpt, GUIDE_ADVICE)
+    check_same_kind(model_kind(module.num_classes, module.target, module.schedule), guide.kind,
+                    f"guidance.guide_ckpt={guidance.guide_ckpt!r}")
+    return guide.module()[1].net.to(module.device).eval()
+

@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cfglab.checkpoints import load_guide_net, load_module, run_identity
+from cfglab.checkpoints import Checkpoint, load_guide_net
 from cfglab.config_checks import check_evaluate_config
 from cfglab.devices import resolve_device
 from cfglab.grids import save_samples
@@ -25,17 +25,17 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     record = SweepRecord(out_dir)  # a corrupt sweep.json fails here, before any compute
     sweep, sampler, guidance = instantiate(cfg.sweep), instantiate(cfg.sampler), instantiate(cfg.guidance)
     device = resolve_device(cfg.device)
-    datamodule, module = load_module(cfg.ckpt_path, data=OmegaConf.to_container(cfg.data))
+    ckpt = Checkpoint.open(cfg.ckpt_path)
+    datamodule, module = ckpt.module(data=OmegaConf.to_container(cfg.data))
     module.to(device)
     stamp = write_stamp(out_dir, device)
-    step = module.checkpoint_step
-    identity = run_identity(cfg.ckpt_path)
-    loggers = checkpoint_job_loggers(cfg.logger, identity, "eval")
+    step = ckpt.step
+    loggers = checkpoint_job_loggers(cfg.logger, ckpt.run, "eval")
     for lg in loggers:  # the config was checked free of credentials
-        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "stamp": stamp, "training_run": identity,
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "stamp": stamp, "training_run": ckpt.run,
                             "checkpoint_step": step})
-    sampling = instantiate(cfg.sampling).resolve(device, datamodule.data_range)
-    guide_net = load_guide_net(guidance(w=0.0), module)
+    sample_kwargs = instantiate(cfg.sampling).resolve(device, datamodule.data_range)
+    guide_net = load_guide_net(guidance, module)
     metrics = instantiate(cfg.metrics)(datamodule)
     for k, v in metrics.info.items():
         print(f"{k}: {v:.4f}")
@@ -49,8 +49,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                                 if isinstance(v, float) and k != "w"}, step=step)
 
     with tqdm(total=len(sweep.ws) * sweep.num_samples, desc="guidance sweep", unit="img") as bar:
-        points = run_points(module, sweep, sampler, guidance, sampling, metrics, record, step, on_point, bar.update,
-                            guide_net)
+        points = run_points(module, sweep, sampler, guidance, sample_kwargs, metrics, record, step, on_point,
+                            bar.update, guide_net)
     plot_tradeoff(record.points, out_dir / "tradeoff.png", title=Path(cfg.ckpt_path).name)
     for lg in loggers:
         if isinstance(lg, WandbLogger):

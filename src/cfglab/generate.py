@@ -15,12 +15,13 @@ puts them together, so the result equals a single process's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -29,13 +30,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 
 from cfglab.atomic import atomic_write, atomic_write_text
-from cfglab.checkpoints import load_guide_net, load_module, run_identity
+from cfglab.checkpoints import Checkpoint, load_guide_net
 from cfglab.config_checks import check_generate_config
 from cfglab.devices import resolve_device
 from cfglab.diffusion.sampling import sample_batch
 from cfglab.loggers import checkpoint_job_loggers, finish_wandb
 from cfglab.stamp import write_stamp
-from cfglab.sweep import balanced_labels
+from cfglab.sweep import balanced_labels, ws_problems
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +49,49 @@ def process_rank() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def requested_labels(spec, num_samples: int, num_classes: int) -> torch.Tensor:
+def requested_labels(spec, num_samples: int, num_classes: Optional[int]) -> torch.Tensor:
     """The labels of `num_samples` samples (N,): 'balanced' (every class equally often), one class, or a list of
-    classes repeated in order."""
+    classes repeated in order; each must be one of the model's `num_classes` classes (None: not known yet)."""
     if spec == "balanced":
-        return balanced_labels(num_samples, num_classes)
-    classes = torch.tensor(list(spec) if isinstance(spec, (list, ListConfig)) else [spec], dtype=torch.long)
-    if classes.min() < 0 or classes.max() >= num_classes:
-        raise ValueError(f"labels={spec!r}: the checkpoint's classes are 0 ... {num_classes - 1}")
-    return classes.repeat(-(-num_samples // len(classes)))[:num_samples]
+        return balanced_labels(num_samples, num_classes or 1)
+    spec = OmegaConf.to_container(spec) if isinstance(spec, ListConfig) else spec
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not items or not all(isinstance(c, int) and not isinstance(c, bool) for c in items):
+        raise ValueError(f"labels={spec!r} must be 'balanced', a class index or a non-empty list of class indices")
+    outside = [c for c in items if c < 0 or num_classes is not None and c >= num_classes]
+    if outside:
+        classes = f"0 ... {num_classes - 1}" if num_classes is not None else "0, 1, ..."
+        raise ValueError(f"labels={spec!r}: class {outside[0]} is not one of the checkpoint's classes {classes}")
+    return torch.tensor(items, dtype=torch.long).repeat(-(-num_samples // len(items)))[:num_samples]
 
 
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@dataclass(frozen=True)
+class GenerateSettings:
+    """What generate.py makes (conf/generate.yaml's top level): `num_samples` samples of `labels` at every w of
+    `ws`, in batches of `batch_size` seeded from `seed`, with one PNG per sample if `png`."""
+
+    ws: Sequence[float]
+    labels: Union[str, int, Sequence[int]] = "balanced"
+    num_samples: int = 50_000
+    batch_size: int = 500
+    seed: int = 0
+    png: bool = False
+
+    def __post_init__(self):
+        problems = ws_problems(self.ws)
+        if problems:
+            raise ValueError("; ".join(f"ws{i}: {m}" for i, m in problems))
+        object.__setattr__(self, "ws", tuple(float(w) for w in self.ws))
+        for k in ("num_samples", "batch_size"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k}={v!r} must be an integer >= 1")
+        requested_labels(self.labels, 1, None)  # the label's form; the classes are the checkpoint's
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "GenerateSettings":
+        return cls(**{k: OmegaConf.to_container(cfg[k]) if isinstance(cfg[k], ListConfig) else cfg[k]
+                      for k in cls.__dataclass_fields__ if k in cfg})
 
 
 def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
@@ -76,57 +103,55 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None and world > 1:
         device = torch.device("cuda", local_rank)
+    settings = GenerateSettings.from_config(cfg)
     sampler, guidance, sampling = instantiate(cfg.sampler), instantiate(cfg.guidance), instantiate(cfg.sampling)
-    datamodule, module = load_module(cfg.ckpt_path, data=OmegaConf.to_container(cfg.data))
+    ckpt = Checkpoint.open(cfg.ckpt_path)
+    datamodule, module = ckpt.module(data=OmegaConf.to_container(cfg.data))
     module.to(device)
-    labels = requested_labels(cfg.labels, cfg.num_samples, module.num_classes)
-    kwargs = {**sampling.resolve(device, datamodule.data_range), **module.sampling_args(),
-              "guide_net": load_guide_net(guidance(w=0.0), module)}
+    labels = requested_labels(settings.labels, settings.num_samples, module.num_classes)
+    sample_kwargs = sampling.resolve(device, datamodule.data_range)
+    kwargs = {**sample_kwargs, **module.sampling_args(), "guide_net": load_guide_net(guidance, module)}
     stamp = write_stamp(out_dir, device)
-    source = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "ckpt_sha256": sha256(cfg.ckpt_path),
-              "step": module.checkpoint_step}
+    source = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "ckpt_sha256": ckpt.sha256, "step": ckpt.step}
     done = []
-    for w in (float(w) for w in cfg.ws):
-        g = guidance(w=w)
-        request = {**source, "sampler": repr(sampler), "guidance": repr(g), "w": w, "seed": cfg.seed,
-                   "num_samples": cfg.num_samples, "batch_size": cfg.batch_size,
-                   "labels": OmegaConf.to_container(cfg.labels) if isinstance(cfg.labels, ListConfig) else cfg.labels,
-                   "sampling": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in kwargs.items()
-                                if k in ("clip_x0", "batched", "autocast")}}
+    for w in settings.ws:
+        request = {**source, "sampler": repr(sampler), "guidance": repr(guidance), "w": w, "seed": settings.seed,
+                   "num_samples": settings.num_samples, "batch_size": settings.batch_size, "labels": settings.labels,
+                   "sampling": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in sample_kwargs.items()}}
         wdir = out_dir / f"w{w:g}"
         if _finished(wdir, request):
             log.info("w=%g: %s already holds these samples", w, wdir / "samples.npz")
             done.append(wdir / "samples.npz")
             continue
         _claim(wdir, request)
-        n_batches = -(-cfg.num_samples // cfg.batch_size)
+        n_batches = -(-settings.num_samples // settings.batch_size)
         t0, made = time.perf_counter(), 0
         for i in range(rank, n_batches, world):
             path = wdir / "batches" / f"{i:06d}.pt"
             if path.is_file():
                 continue
-            x, nfe = sample_batch(sampler=sampler, guidance=g, labels=labels, batch_size=cfg.batch_size, seed=cfg.seed,
-                                  index=i, **kwargs)
+            x, nfe = sample_batch(sampler=sampler, guidance=guidance, labels=labels, w=w,
+                                  batch_size=settings.batch_size, seed=settings.seed, index=i, **kwargs)
             atomic_write(path, lambda tmp: torch.save({"samples": x, "nfe": nfe}, tmp))
             made += len(x)
             log.info("w=%g: batch %d of %d written (%d samples in %.1f s here)", w, i + 1, n_batches, made,
                      time.perf_counter() - t0)
         if rank == 0:  # the others' batches may still be on their way
             _wait_for([wdir / "batches" / f"{i:06d}.pt" for i in range(n_batches)])
-            done.append(_assemble(wdir, request, labels, n_batches, cfg.png, stamp))
-            log.info("w=%g: %d samples in %s (%.1f s)", w, cfg.num_samples, wdir / "samples.npz",
+            done.append(_assemble(wdir, request, labels, n_batches, settings.png, stamp))
+            log.info("w=%g: %d samples in %s (%.1f s)", w, settings.num_samples, wdir / "samples.npz",
                      time.perf_counter() - t0)
     if rank == 0:
-        _log(cfg, done, stamp)
+        _log(cfg, ckpt.run, done, stamp)
     return done
 
 
-def _log(cfg: DictConfig, done: list[Path], stamp: dict) -> None:
+def _log(cfg: DictConfig, identity: dict, done: list[Path], stamp: dict) -> None:
     """The metadata of every finished w (samples.json) to the chosen loggers: W&B gets a run of job type generate
     in the training run's group, with one row per w and the metadata in its summary."""
     from lightning.pytorch.loggers import WandbLogger
 
-    loggers = checkpoint_job_loggers(cfg.logger, run_identity(cfg.ckpt_path), "generate")
+    loggers = checkpoint_job_loggers(cfg.logger, identity, "generate")
     for lg in loggers:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "stamp": stamp})
         for path in done:

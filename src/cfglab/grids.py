@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.guidance import Guidance
 from cfglab.diffusion.samplers import Sampler
 from cfglab.diffusion.sampling import sample, seeded_noise
+from cfglab.sweep import ws_problems
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """The guided sample grids saved at the end of a training job (conf/grids/default.yaml): one PNG per w of
+    `ws` (may be empty: no grids), `per_class` samples of every class each, from the noise of `seed`."""
+
+    ws: Sequence[float] = (0.0, 1.0, 3.0)
+    per_class: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        problems = ws_problems(self.ws, allow_empty=True)
+        if problems:
+            raise ValueError("; ".join(f"ws{i}: {m}" for i, m in problems))
+        object.__setattr__(self, "ws", tuple(float(w) for w in self.ws))
+        if isinstance(self.per_class, bool) or not isinstance(self.per_class, int) or self.per_class < 1:
+            raise ValueError(f"per_class={self.per_class!r} must be an integer >= 1")
 
 
 def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
@@ -59,20 +79,18 @@ def save_samples(samples: torch.Tensor, labels: torch.Tensor, path: str | Path, 
     return save_grid(images, path, nrow=per_class)
 
 
-def guided_grids(module, sampler: Sampler, guidance: Callable[..., CFG], ws: Sequence[float], out_dir: str | Path,
-                 sampling: dict, per_class: int = 10, seed: int = 0, guide_net=None) -> list[Path]:
-    """For each w: sample `per_class` images of every class from the same noise and save `samples_w{w}.png`.
-
-    guidance: the method without its strength, called as guidance(w=...); sampling: `sample`'s settings
-    (SamplingSettings.resolve)."""
-    labels = class_grid_labels(module.num_classes, per_class)
+def guided_grids(module, sampler: Sampler, guidance: Guidance, grids: GridSettings, out_dir: str | Path,
+                 sample_kwargs: dict, guide_net=None) -> list[Path]:
+    """For each w of `grids.ws`: sample `grids.per_class` images of every class from the same noise and save
+    `samples_w{w}.png`. sample_kwargs: `sample`'s settings (SamplingSettings.resolve)."""
+    labels = class_grid_labels(module.num_classes, grids.per_class)
     if len(module.net.sample_shape) == 1:  # low-dimensional data: more points make a readable scatter plot
-        labels = class_grid_labels(module.num_classes, 50 * per_class)
+        labels = class_grid_labels(module.num_classes, 50 * grids.per_class)
     labels = labels.to(module.device)
     paths = []
-    for w in ws:
-        noise, g = seeded_noise((len(labels), *module.net.sample_shape), seed, module.device)
-        samples, _ = sample(sampler=sampler, guidance=guidance(w=float(w)), labels=labels, generator=g, noise=noise,
-                            guide_net=guide_net, **module.sampling_args(), **sampling)
-        paths.append(save_samples(samples.cpu(), labels.cpu(), Path(out_dir) / f"samples_w{w:g}.png", per_class))
+    for w in grids.ws:
+        noise, g = seeded_noise((len(labels), *module.net.sample_shape), grids.seed, module.device)
+        samples, _ = sample(sampler=sampler, guidance=guidance, labels=labels, w=w, generator=g, noise=noise,
+                            guide_net=guide_net, **module.sampling_args(), **sample_kwargs)
+        paths.append(save_samples(samples.cpu(), labels.cpu(), Path(out_dir) / f"samples_w{w:g}.png", grids.per_class))
     return paths

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from cfglab.atomic import atomic_write_text
-from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.guidance import Guidance
 from cfglab.diffusion.sampling import sample_batches
 
 log = logging.getLogger(__name__)
@@ -157,33 +157,32 @@ def plot_tradeoff(points: Sequence[dict], path: str | Path, title: str = "", by:
     return path
 
 
-def run_points(module, sweep: SweepSettings, sampler, guidance: Callable[..., CFG], sampling: dict, metrics,
+def run_points(module, sweep: SweepSettings, sampler, guidance: Guidance, sample_kwargs: dict, metrics,
                record: SweepRecord, step: int = 0, on_point: Optional[Callable[[dict, Tensor], None]] = None,
                progress: Optional[Callable[[int], None]] = None, guide_net=None,
                shard: Optional[tuple[int, int, Callable[[Tensor], Optional[Tensor]]]] = None) -> list[dict]:
     """Measure every w of `sweep.ws` not already in `record`; each finished point is saved before the next starts.
 
-    guidance: the method without its strength, called as guidance(w=...) per point. sampling: `sample`'s
-    settings (SamplingSettings.resolve). shard = (rank, world, gather): this process generates its share of the
+    guidance: the method, guiding at each w of the sweep. sample_kwargs: `sample`'s settings
+    (SamplingSettings.resolve). shard = (rank, world, gather): this process generates its share of the
     batches; `gather` turns the shards into the full set in batch order on rank 0 (None elsewhere). Only rank 0
     measures and writes; the others return the points they skipped or an empty list.
     """
     rank, world, gather = shard or (0, 1, None)
     labels = balanced_labels(sweep.num_samples, module.num_classes)
-    settings = {k: str(v) if isinstance(v, torch.dtype) else v for k, v in sampling.items()}
+    settings = {k: str(v) if isinstance(v, torch.dtype) else v for k, v in sample_kwargs.items()}
     out = []
     for w in sweep.ws:
-        g = guidance(w=w)
-        key = {"w": w, "step": int(step), "sampler": repr(sampler), "guidance": repr(g), "sampling": settings,
+        key = {"w": w, "step": int(step), "sampler": repr(sampler), "guidance": repr(guidance), "sampling": settings,
                "num_samples": sweep.num_samples, "batch_size": sweep.batch_size, "seed": sweep.seed}
         done = record.find(key)
         if done is not None:
             out.append(done)
             continue
         t0 = time.perf_counter()
-        images, nfe = sample_batches(sampler=sampler, guidance=g, labels=labels, batch_size=sweep.batch_size,
+        images, nfe = sample_batches(sampler=sampler, guidance=guidance, labels=labels, w=w, batch_size=sweep.batch_size,
                                      seed=sweep.seed, rank=rank, world=world, progress=progress, guide_net=guide_net,
-                                     **module.sampling_args(), **sampling)
+                                     **module.sampling_args(), **sample_kwargs)
         if world > 1:
             images = gather(images)
             if rank != 0:

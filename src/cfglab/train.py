@@ -19,6 +19,7 @@ from cfglab.grids import guided_grids
 from cfglab.lightning.checkpoint_io import AtomicCheckpointIO
 from cfglab.lightning.guidance_sweep import GuidanceSweep
 from cfglab.lightning.preemption import stop_signal
+from cfglab.lightning.trainer import build_trainer
 from cfglab.loggers import finish_wandb, training_run_identity
 from cfglab.stamp import run_stamp, write_stamp
 from cfglab.sweep import format_table
@@ -29,7 +30,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     if os.environ.get("SLURM_CPUS_PER_TASK"):  # torch would start one thread per core of the whole node
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     L.seed_everything(cfg.seed, workers=True)
-    sampler, guidance, sampling = instantiate(cfg.sampler), instantiate(cfg.guidance), instantiate(cfg.sampling)
+    sampler, guidance, sampling, grids = (instantiate(cfg[k]) for k in ("sampler", "guidance", "sampling", "grids"))
     datamodule, module = build(cfg)
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None]
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -37,7 +38,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # Under SLURM, Lightning would requeue on SIGUSR1 itself; the Preemption callback and the launcher do it.
     plugins = [AtomicCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else [])]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     config = OmegaConf.to_container(cfg, resolve=True)  # checked free of credentials by check_train_config
     stamp = write_stamp(output_dir, trainer.strategy.root_device) if trainer.is_global_zero else run_stamp()
     if trainer.is_global_zero:
@@ -49,9 +50,8 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     stopped_by = stop_signal(trainer)
     paths = []
     if trainer.is_global_zero and not stopped_by:
-        paths = guided_grids(module, sampler, guidance, cfg.grids.ws, output_dir,
-                             sampling.resolve(module.device, datamodule.data_range), cfg.grids.per_class,
-                             cfg.grids.seed, load_guide_net(guidance(w=0.0), module))
+        paths = guided_grids(module, sampler, guidance, grids, output_dir,
+                             sampling.resolve(module.device, datamodule.data_range), load_guide_net(guidance, module))
         for p in paths:
             print(f"guided samples: {p}")
         for cb in (c for c in callbacks if isinstance(c, GuidanceSweep) and c.points):

@@ -9,10 +9,19 @@ MNIST scale: benchmarks/train_throughput.py.)
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
+
+
+def check_batch_size(num_items: Optional[int], batch_size: int, world_size: int) -> None:
+    """A global batch (batch_size x world_size) larger than the training split is never drawn: the last
+    incomplete batch of an epoch is dropped. num_items None: not known yet, nothing to check."""
+    if num_items is not None and batch_size * world_size > num_items:
+        per = f" x {world_size} processes" if world_size > 1 else ""
+        raise ValueError(f"batch_size={batch_size}{per} exceeds the {num_items} training items: the last incomplete "
+                         "batch of an epoch is dropped, so no batch would be drawn")
 
 
 class InMemoryBatches:
@@ -28,8 +37,7 @@ class InMemoryBatches:
                  start: Callable[[], int] = lambda: 0):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} inputs but {len(y)} labels")
-        if len(x) < batch_size * world_size:
-            raise ValueError(f"batch_size={batch_size} x {world_size} processes exceeds the {len(x)} training items")
+        check_batch_size(len(x), batch_size, world_size)
         self.x, self.y, self.batch_size, self.seed = x, y, int(batch_size), int(seed)
         self.rank, self.world_size, self.start = int(rank), int(world_size), start
 

@@ -14,15 +14,22 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from cfglab.diffusion.guidance import CFG
+from cfglab.diffusion.guidance import Guidance
 from cfglab.diffusion.schedules import Schedule
 from cfglab.diffusion.targets import Prediction, broadcast, check_target, to_prediction
 
-ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""A network: (x_t of shape (B, ...), t of shape (B,) in [0, 1], labels of shape (B,) int64) -> output like x_t."""
+NetFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""A network: (x_t of shape (B, ...), t of shape (B,) in [0, 1], labels of shape (B,) int64) -> output like x_t.
+It has a `sample_shape`, e.g. (C, H, W); a guidance-distilled one also a `guidance_range` (see `guidance_range`)."""
 
 Denoiser = Callable[[Tensor, float, Optional[Tensor]], Prediction]
 """What samplers call: (x_t (B, ...), t in [0, 1] as a float, labels (B,) or None) -> Prediction(x0, eps)."""
+
+
+def guidance_range(net: NetFn) -> Optional[tuple[float, float]]:
+    """The [w_min, w_max] a guidance-distilled network takes as its input w (Meng et al. 2023), None for a joint
+    conditional/unconditional network. Any callable may be a network here, so an absent attribute means None."""
+    return getattr(net, "guidance_range", None)
 
 
 def clip_prediction(pred: Prediction, x: Tensor, alpha: Tensor, sigma: Tensor, clip_x0: Optional[float],
@@ -38,14 +45,15 @@ def clip_prediction(pred: Prediction, x: Tensor, alpha: Tensor, sigma: Tensor, c
 
 
 class GuidedDenoiser:
-    """Wraps a joint conditional/unconditional network into the `Denoiser` that samplers call.
+    """Wraps a joint conditional/unconditional network into the `Denoiser` that samplers call, guided by
+    `guidance` at strength `w` (the method may vary it per step: `Guidance.strength`).
 
     A guidance-distilled network (one with a `guidance_range`, Meng et al. 2023) takes the step's strength w as its
     input: one forward of batch B per step, no unconditional pass.
 
     The conditional and unconditional predictions come from one forward of batch 2B (`batched=True`) or from
     two forwards of batch B. Where a step needs no guiding prediction (w = 0, outside a guidance interval) or
-    no label is given, only one forward of batch B runs. `guide_model` replaces the unconditional prediction by a
+    no label is given, only one forward of batch B runs. `guide_net` replaces the unconditional prediction by a
     second network called with the same labels (autoguidance). `nfe` counts network evaluations per sample
     since the last `reset()`.
 
@@ -65,18 +73,19 @@ class GuidedDenoiser:
 
     def __init__(
         self,
-        model: ModelFn,
+        net: NetFn,
         schedule: Schedule,
-        guidance: CFG,
+        guidance: Guidance,
+        w: float,
         null_label: int,
         target: str = "eps",
         batched: bool = True,
         clip_x0: Optional[float] = None,
-        guide_model: Optional[ModelFn] = None,
+        guide_net: Optional[NetFn] = None,
         autocast: Optional[torch.dtype] = None,
     ):
-        self.model, self.schedule, self.guidance, self.guide_model = model, schedule, guidance, guide_model
-        self.autocast = autocast
+        self.net, self.schedule, self.guidance, self.guide_net = net, schedule, guidance, guide_net
+        self.w, self.autocast, self.distilled = float(w), autocast, guidance_range(net) is not None
         self.null_label, self.target, self.batched = int(null_label), check_target(target), bool(batched)
         if clip_x0 is not None and not clip_x0 > 0:
             raise ValueError(f"clip_x0={clip_x0} must be > 0 or None")
@@ -86,9 +95,9 @@ class GuidedDenoiser:
     def reset(self) -> None:
         self.nfe, self.state = 0, {}
 
-    def _predict(self, model: ModelFn, x: Tensor, t: Tensor, labels: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
+    def _predict(self, net: NetFn, x: Tensor, t: Tensor, labels: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
         with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            out = model(x, t, labels)
+            out = net(x, t, labels)
         return to_prediction(out.to(x.dtype), x, alpha, sigma, self.target)
 
     def __call__(self, x: Tensor, t: float, labels: Optional[Tensor]) -> Prediction:
@@ -96,34 +105,33 @@ class GuidedDenoiser:
         t_dev = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         alpha, sigma = self.schedule.alpha_sigma(t_dev)  # once per step, shared by prediction, guidance, clipping
         pred = self._guided(x, t, t_dev, labels, alpha, sigma)
-        keep_eps = getattr(self.guidance, "renoise_with_uncond", False)
-        return clip_prediction(pred, x, alpha, sigma, self.clip_x0, keep_eps)
+        return clip_prediction(pred, x, alpha, sigma, self.clip_x0, self.guidance.renoise_with_uncond)
 
     def _guided(self, x: Tensor, t: float, t_dev: Tensor, labels: Optional[Tensor], alpha: Tensor,
                 sigma: Tensor) -> Prediction:
         null = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
         log_snr = float(self.schedule.log_snr(torch.tensor(t, dtype=torch.float64)))  # on the host: no device read
-        w = self.guidance.strength(t, log_snr) if labels is not None else 0.0
-        if getattr(self.model, "guidance_range", None) is not None:  # a guidance-distilled network: w is its input
+        w = self.guidance.strength(self.w, t, log_snr) if labels is not None else 0.0
+        if self.distilled:  # a guidance-distilled network: the step's strength is its input
             self.nfe += 1
-            model = partial(self.model, w=torch.full_like(t_dev, w))
-            return self._predict(model, x, t_dev, null if labels is None else labels, alpha, sigma)
+            net = partial(self.net, w=torch.full_like(t_dev, w))
+            return self._predict(net, x, t_dev, null if labels is None else labels, alpha, sigma)
         if labels is None:
             self.nfe += 1
-            return self._predict(self.model, x, t_dev, null, alpha, sigma)
+            return self._predict(self.net, x, t_dev, null, alpha, sigma)
         if not self.guidance.needs_uncond(w):
             self.nfe += 1
-            return self._predict(self.model, x, t_dev, labels, alpha, sigma)
+            return self._predict(self.net, x, t_dev, labels, alpha, sigma)
         self.nfe += 2
-        if self.guide_model is not None:
-            cond = self._predict(self.model, x, t_dev, labels, alpha, sigma)
-            uncond = self._predict(self.guide_model, x, t_dev, labels, alpha, sigma)
+        if self.guide_net is not None:
+            cond = self._predict(self.net, x, t_dev, labels, alpha, sigma)
+            uncond = self._predict(self.guide_net, x, t_dev, labels, alpha, sigma)
         elif self.batched:
-            both = self._predict(self.model, torch.cat([x, x]), torch.cat([t_dev, t_dev]), torch.cat([labels, null]),
+            both = self._predict(self.net, torch.cat([x, x]), torch.cat([t_dev, t_dev]), torch.cat([labels, null]),
                                  torch.cat([alpha, alpha]), torch.cat([sigma, sigma]))
             cond = Prediction(*(p[: x.shape[0]] for p in both))
             uncond = Prediction(*(p[x.shape[0] :] for p in both))
         else:
-            cond = self._predict(self.model, x, t_dev, labels, alpha, sigma)
-            uncond = self._predict(self.model, x, t_dev, null, alpha, sigma)
+            cond = self._predict(self.net, x, t_dev, labels, alpha, sigma)
+            uncond = self._predict(self.net, x, t_dev, null, alpha, sigma)
         return self.guidance.combine(cond, uncond, w, x, alpha, sigma, self.state)

@@ -10,11 +10,14 @@ DiT, k-diffusion and diffusers write the same combination with a scale s = 1 + w
 
 so their `cfg_scale` / `guidance_scale` = 4 is w = 3 here.
 
-Every method is a small dataclass with a field `w` (the sweep axis, supplied by the caller: configs build the
-method without it, `_partial_: true`, and sweeps call `guidance(w=...)`) and three methods:
-  strength(t, log_snr) -> the w used at this step (0: guidance off, the unconditional forward is skipped);
-  needs_uncond(w)      -> whether this step needs the guiding prediction;
-  combine(cond, uncond, w, x, alpha, sigma, state) -> the guided Prediction(x0, eps).
+Every method is a small dataclass holding its own parameters only; the strength w is an argument, supplied per
+sweep point or grid column by the caller (as DiT's `cfg_scale`, EDM2's `guidance` and k-diffusion's `cond_scale`
+are arguments of their samplers). A method (base class `Guidance`, whose defaults are plain CFG) answers:
+  check_w(w)                                   -> raises if w is not a strength this method takes;
+  strength(w, t, log_snr)                      -> the strength used at this step (0: guidance off, the
+                                                  unconditional forward is skipped);
+  needs_uncond(w_t)                            -> whether a step of strength w_t needs the guiding prediction;
+  combine(cond, uncond, w_t, x, alpha, sigma, state) -> the guided Prediction(x0, eps).
 """
 
 from __future__ import annotations
@@ -42,33 +45,47 @@ def eps_from_x0(x0: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     return (x - broadcast(alpha, x) * x0) / broadcast(sigma, x)
 
 
-def _check_w(w: float, name: str = "w") -> None:
-    if not w >= 0:  # also rejects NaN
-        raise ValueError(f"guidance strength {name}={w} must be >= 0 (paper convention, w = 0 is unguided)")
+class Guidance:
+    """Base class of the guidance methods; its defaults are plain classifier-free guidance (Ho & Salimans 2022).
 
+    renoise_with_uncond: the method's (x0, eps) pair re-noises along the unconditional eps (CFG++), so it needs a
+        sampler that uses eps and clipping keeps that eps.
+    guide_ckpt: the checkpoint of a second network that gives the guiding prediction instead of the network's
+        own unconditional one (autoguidance); None: the network itself guides.
+    """
 
-@dataclass
-class CFG:
-    """Plain classifier-free guidance with constant strength w >= 0 (Ho & Salimans 2022)."""
+    renoise_with_uncond = False
+    guide_ckpt: Optional[str] = None
 
-    w: float = 0.0
+    def check_w(self, w: float) -> None:
+        """Raise ValueError if `w` is not a guidance strength this method takes."""
+        if not w >= 0:  # also rejects NaN
+            raise ValueError(f"guidance strength w={w} must be >= 0 (paper convention, w = 0 is unguided)")
 
-    def __post_init__(self):
-        _check_w(self.w)
+    def strength(self, w: float, t: float, log_snr: float) -> float:
+        return w
 
-    def strength(self, t: float, log_snr: float) -> float:
-        return self.w
+    def needs_uncond(self, w_t: float) -> bool:
+        return w_t != 0
 
-    def needs_uncond(self, w: float) -> bool:
-        return w != 0
-
-    def combine(self, cond: Prediction, uncond: Prediction, w: float, x: Tensor, alpha: Tensor, sigma: Tensor,
+    def combine(self, cond: Prediction, uncond: Prediction, w_t: float, x: Tensor, alpha: Tensor, sigma: Tensor,
                 state: dict) -> Prediction:
-        return Prediction(guide(cond.x0, uncond.x0, w), guide(cond.eps, uncond.eps, w))
+        return Prediction(guide(cond.x0, uncond.x0, w_t), guide(cond.eps, uncond.eps, w_t))
+
+    @property
+    def combines_as_cfg(self) -> bool:
+        """Whether the guided prediction is the CFG formula at each step's strength, with the network's own
+        unconditional prediction: what a guidance-distilled network reproduces."""
+        return type(self).combine is Guidance.combine and not isinstance(self, Autoguidance)
 
 
 @dataclass
-class GuidanceInterval(CFG):
+class CFG(Guidance):
+    """Plain classifier-free guidance (Ho & Salimans 2022, eq. 6)."""
+
+
+@dataclass
+class GuidanceInterval(Guidance):
     """Guidance only for noise levels sigma_lo < sigma <= sigma_hi (Kynkäänniemi et al. 2024), sigma in EDM's
     units sigma = sigma_t / alpha_t = exp(-lambda / 2). Outside the interval the step is unguided and the
     unconditional forward is skipped. Their ImageNet-512 EDM2 interval is (0.28, 5.42]; sigma_hi = inf guides
@@ -78,17 +95,16 @@ class GuidanceInterval(CFG):
     sigma_hi: float = 5.42
 
     def __post_init__(self):
-        super().__post_init__()
         if not 0 <= self.sigma_lo < self.sigma_hi:
             raise ValueError(f"need 0 <= sigma_lo < sigma_hi, got sigma_lo={self.sigma_lo}, sigma_hi={self.sigma_hi}")
 
-    def strength(self, t: float, log_snr: float) -> float:
+    def strength(self, w, t, log_snr):
         sigma = math.exp(-log_snr / 2)
-        return self.w if self.sigma_lo < sigma <= self.sigma_hi else 0.0
+        return w if self.sigma_lo < sigma <= self.sigma_hi else 0.0
 
 
 @dataclass
-class ScheduledCFG(CFG):
+class ScheduledCFG(Guidance):
     """Guidance whose scale varies over sampling time (Wang et al. 2024, "Analysis of Classifier-Free Guidance
     Weight Schedulers", sec. 3). That paper schedules the scale s of eps_u + s (eps_c - eps_u), i.e. s = 1 + w
     here, not w: s(t) = (1 + w) shape(t) with shape(t) = 1 (constant), 2 (1 - t) (linear) or 1 + cos(pi t)
@@ -99,20 +115,19 @@ class ScheduledCFG(CFG):
     shape: str = "linear"
 
     def __post_init__(self):
-        super().__post_init__()
         if self.shape not in ("constant", "linear", "cosine"):
             raise ValueError(f"guidance shape={self.shape!r} must be 'constant', 'linear' or 'cosine'")
 
-    def strength(self, t: float, log_snr: float) -> float:
+    def strength(self, w, t, log_snr):
         if self.shape == "linear":
-            return (1 + self.w) * 2 * (1 - t) - 1
+            return (1 + w) * 2 * (1 - t) - 1
         if self.shape == "cosine":
-            return (1 + self.w) * (1 + math.cos(math.pi * t)) - 1
-        return self.w
+            return (1 + w) * (1 + math.cos(math.pi * t)) - 1
+        return w
 
 
 @dataclass
-class CFGRescale(CFG):
+class CFGRescale(Guidance):
     """CFG with the guided x0 rescaled to the standard deviation of the conditional x0 (Lin et al. 2024,
     "Common Diffusion Noise Schedules and Sample Steps are Flawed", Alg. 2), mixed by phi (0.7 there).
     phi = 0 is plain CFG. Standard deviations are per sample over all pixels."""
@@ -120,12 +135,11 @@ class CFGRescale(CFG):
     phi: float = 0.7
 
     def __post_init__(self):
-        super().__post_init__()
         if not 0 <= self.phi <= 1:
             raise ValueError(f"rescale phi={self.phi} must lie in [0, 1]")
 
-    def combine(self, cond, uncond, w, x, alpha, sigma, state):
-        x0 = guide(cond.x0, uncond.x0, w)
+    def combine(self, cond, uncond, w_t, x, alpha, sigma, state):
+        x0 = guide(cond.x0, uncond.x0, w_t)
         dims = tuple(range(1, x.ndim))
         ratio = cond.x0.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True).clamp_min(1e-12)
         x0 = self.phi * x0 * ratio + (1 - self.phi) * x0
@@ -133,19 +147,18 @@ class CFGRescale(CFG):
 
 
 @dataclass
-class DynamicThreshold(CFG):
+class DynamicThreshold(Guidance):
     """CFG, then Imagen's dynamic thresholding of the guided x0 (Saharia et al. 2022, sec. 2.3): s = the
     `percentile` quantile of |x0| per sample, s = max(s, 1), x0 <- clip(x0, -s, s) / s."""
 
     percentile: float = 0.995
 
     def __post_init__(self):
-        super().__post_init__()
         if not 0 < self.percentile <= 1:
             raise ValueError(f"thresholding percentile={self.percentile} must lie in (0, 1]")
 
-    def combine(self, cond, uncond, w, x, alpha, sigma, state):
-        x0 = guide(cond.x0, uncond.x0, w)
+    def combine(self, cond, uncond, w_t, x, alpha, sigma, state):
+        x0 = guide(cond.x0, uncond.x0, w_t)
         s = torch.quantile(x0.abs().flatten(1).float(), self.percentile, dim=1).clamp_min(1.0).to(x0.dtype)
         s = broadcast(s, x0)
         x0 = torch.maximum(torch.minimum(x0, s), -s) / s
@@ -153,28 +166,28 @@ class DynamicThreshold(CFG):
 
 
 @dataclass
-class CFGPlusPlus(CFG):
+class CFGPlusPlus(Guidance):
     """CFG++ (Chung et al. 2024): x0 from the interpolated prediction eps_u + w (eps_c - eps_u) with w = lambda in
     [0, 1], but the sampler re-noises with the unconditional eps. w = 0 is unconditional sampling. Needs a
     sampler that re-noises with eps (DDIM, DDPM, Paper), not DPM-Solver++, which uses x0 alone."""
 
     renoise_with_uncond = True
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.w > 1:
-            raise ValueError(f"CFG++ lambda w={self.w} must lie in [0, 1]")
+    def check_w(self, w):
+        super().check_w(w)
+        if w > 1:
+            raise ValueError(f"CFG++ lambda w={w} must lie in [0, 1]")
 
-    def needs_uncond(self, w: float) -> bool:
+    def needs_uncond(self, w_t):
         return True
 
-    def combine(self, cond, uncond, w, x, alpha, sigma, state):
+    def combine(self, cond, uncond, w_t, x, alpha, sigma, state):
         # eps_u + w (eps_c - eps_u) is the guidance formula with strength w - 1
-        return Prediction(guide(cond.x0, uncond.x0, w - 1), uncond.eps)
+        return Prediction(guide(cond.x0, uncond.x0, w_t - 1), uncond.eps)
 
 
 @dataclass
-class APG(CFG):
+class APG(Guidance):
     """Adaptive projected guidance (Sadat et al. 2024, Alg. 1) on x0 predictions: the update
     D_c - D_u, optionally with momentum and capped in norm at `norm_threshold`, is split into its parts parallel
     and orthogonal to D_c; the parallel part is scaled by `eta`. x0 = D_c + w (orth + eta * par).
@@ -185,11 +198,10 @@ class APG(CFG):
     momentum: float = 0.0
 
     def __post_init__(self):
-        super().__post_init__()
         if not self.norm_threshold > 0:
             raise ValueError(f"APG norm_threshold={self.norm_threshold} must be > 0")
 
-    def combine(self, cond, uncond, w, x, alpha, sigma, state):
+    def combine(self, cond, uncond, w_t, x, alpha, sigma, state):
         diff = cond.x0 - uncond.x0
         if self.momentum != 0:
             diff = diff + self.momentum * state.get("apg_running", torch.zeros_like(diff))
@@ -200,39 +212,40 @@ class APG(CFG):
             diff = diff * (self.norm_threshold / norm.clamp_min(1e-12)).clamp(max=1.0)
         unit = cond.x0 / torch.linalg.vector_norm(cond.x0, dim=dims, keepdim=True).clamp_min(1e-12)
         par = (diff * unit).sum(dim=dims, keepdim=True) * unit
-        x0 = cond.x0 + w * (diff - par + self.eta * par)
+        x0 = cond.x0 + w_t * (diff - par + self.eta * par)
         return Prediction(x0, eps_from_x0(x0, x, alpha, sigma))
 
 
 @dataclass
-class Autoguidance(CFG):
+class Autoguidance(Guidance):
     """Autoguidance (Karras et al. 2024): the guiding prediction comes from a weaker version of the same model
     (an earlier or smaller checkpoint, `guide_ckpt`), conditioned on the same label; x0 = guide(good, bad, w).
-    The guiding network is loaded by the caller (cfglab.checkpoints.load_guide_net) and handed to sampling as
+    The caller loads the guiding network (cfglab.checkpoints.Checkpoint.guide_net) and hands it to sampling as
     `guide_net`."""
 
     guide_ckpt: Optional[str] = None
 
 
-def check_sampler_guidance(sampler, guidance) -> None:
+def check_sampler_guidance(sampler, guidance: Guidance) -> None:
     """Guidance that re-noises with the unconditional eps (CFG++) needs a sampler that uses eps."""
-    if getattr(guidance, "renoise_with_uncond", False) and not getattr(sampler, "uses_eps", True):
+    if guidance.renoise_with_uncond and not sampler.uses_eps:
         raise ValueError(f"{type(guidance).__name__} re-noises with the unconditional eps, which {sampler!r} "
                          "does not use: pick a DDIM, DDPM or Paper sampler")
 
 
-def check_student_guidance(guidance_range: Optional[tuple[float, float]], guidance, strengths) -> None:
+def check_student_guidance(guidance_range: Optional[tuple[float, float]], guidance: Guidance, w: float,
+                           strengths) -> None:
     """A guidance-distilled network (w as its input, `guidance_range` = the [w_min, w_max] it was distilled for;
     None: a joint model, nothing to check) reproduces only guidance whose combination is the CFG formula with a
-    per-step strength (CFG, intervals, schedules), at strengths it was trained on. `strengths`: the w of every
-    step (guidance.strength over the sampler's grid)."""
+    per-step strength (CFG, intervals, schedules), at strengths it was trained on. `strengths`: the strength of
+    every step at the point's strength `w` (`step_strengths` over the sampler's grid)."""
     if guidance_range is None:
         return
-    if type(guidance).combine is not CFG.combine or isinstance(guidance, Autoguidance):
+    if not guidance.combines_as_cfg:
         raise ValueError(f"{type(guidance).__name__} cannot be sampled from a guidance-distilled network: it learnt "
                          "the CFG combination (1 + w) eps_c - w eps_u alone; use guidance=cfg, interval or scheduled")
     lo, hi = guidance_range
-    outside = sorted({w for w in strengths if not lo <= w <= hi})
+    outside = sorted({s for s in strengths if not lo <= s <= hi})
     if outside:
-        raise ValueError(f"guidance strength w={outside[0]:g} ({type(guidance).__name__}, w={guidance.w:g}) lies "
+        raise ValueError(f"guidance strength w={outside[0]:g} ({type(guidance).__name__} at w={w:g}) lies "
                          f"outside [{lo:g}, {hi:g}], the range this network was distilled for")

@@ -39,7 +39,11 @@ class Sampler:
 
     x: initial noise x_1 ~ N(0, I), shape (B, ...). labels: (B,) int64 or None (unconditional).
     generator: the torch.Generator for the noise added along the way (ancestral samplers).
+    uses_eps: whether a step moves along the denoiser's eps as well as its x0 (guidance that re-noises with the
+    unconditional eps, CFG++, needs one that does); a sampler that does not say is assumed to.
     """
+
+    uses_eps = True
 
     def __init__(self, steps: int):
         time_grid(steps)  # validates
@@ -62,8 +66,6 @@ class Sampler:
 
 class _Ancestral(Sampler):
     """The ancestral family: subclasses give c_eps and std from the step's variances."""
-
-    uses_eps = True  # the step moves along the eps estimate as well as x0
 
     def _coefficients(self, sigma_s2: Tensor, post_var: Tensor, fwd_var: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -2,8 +2,8 @@
 benchmarks) samples through `sample` or, for a list of labels in seeded batches, `sample_batches`.
 
 How samples are computed (clipping, precision, one 2B forward or two B forwards) is `SamplingSettings`, kept
-apart from what is sampled (the network), how it is stepped (the sampler) and how it is guided (the guidance
-method with its w).
+apart from what is sampled (the network), how it is stepped (the sampler), how it is guided (the guidance
+method) and how strongly (w, an argument of every call).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from cfglab.diffusion.denoiser import GuidedDenoiser, ModelFn
-from cfglab.diffusion.guidance import CFG, check_sampler_guidance, check_student_guidance
+from cfglab.diffusion.denoiser import GuidedDenoiser, NetFn, guidance_range
+from cfglab.diffusion.guidance import Guidance, check_sampler_guidance, check_student_guidance
 from cfglab.diffusion.samplers import Sampler, time_grid
 from cfglab.diffusion.schedules import Schedule
 from cfglab.images import to_uint8
@@ -52,13 +52,18 @@ class SamplingSettings:
 
     def resolve(self, device: torch.device | str, data_range: Optional[float]) -> dict:
         """The keyword arguments of `sample` for a network on `device` and data in [-data_range, data_range]
-        (None: unbounded): {"clip_x0", "batched", "autocast"}."""
+        (None: unbounded): {"clip_x0", "batched", "autocast"}. Clipping unbounded data to a range is refused: it
+        would distort the samples."""
+        if data_range is None and self.clip_x0 not in ("auto", None):
+            raise ValueError(f"clip_x0={self.clip_x0!r}, but the data are unbounded, not images in [-1, 1]: clipping "
+                             "the x0 estimates would distort the samples; use 'auto' (no clipping for such data) or "
+                             "null")
         batched = torch.device(device).type == "cuda" if self.batched == "auto" else self.batched
         clip_x0 = data_range if self.clip_x0 == "auto" else self.clip_x0
         return {"clip_x0": clip_x0, "batched": batched, "autocast": PRECISIONS[self.precision]}
 
 
-def device_of(net: ModelFn) -> torch.device:
+def device_of(net: NetFn) -> torch.device:
     """The device of a network's first parameter or buffer (the CPU for parameter-free callables)."""
     if isinstance(net, nn.Module):
         for tensor in (*net.parameters(), *net.buffers()):
@@ -66,30 +71,42 @@ def device_of(net: ModelFn) -> torch.device:
     return torch.device("cpu")
 
 
-def step_strengths(guidance: CFG, schedule: Schedule, sampler: Sampler) -> list[float]:
-    """The guidance strength w of each step of `sampler`'s time grid."""
+def step_strengths(guidance: Guidance, w: float, schedule: Schedule, sampler: Sampler) -> list[float]:
+    """The guidance strength of each step of `sampler`'s time grid at the point's strength `w`."""
     ts = time_grid(sampler.steps)[:-1]
-    return [guidance.strength(float(t), float(lam)) for t, lam in zip(ts, schedule.log_snr(ts))]
+    return [guidance.strength(w, float(t), float(lam)) for t, lam in zip(ts, schedule.log_snr(ts))]
+
+
+def check_sampling(w_range: Optional[tuple[float, float]], schedule: Schedule, sampler: Sampler, guidance: Guidance,
+                   w: float) -> None:
+    """Raise ValueError if `sample` would refuse this combination: a strength the method does not take, a sampler
+    the method cannot step with, or guidance that a guidance-distilled network (`w_range`: its guidance_range;
+    None: a joint model) cannot reproduce. `sample` runs it, and the configuration check before any compute."""
+    guidance.check_w(w)
+    check_sampler_guidance(sampler, guidance)
+    if w_range is not None:
+        check_student_guidance(w_range, guidance, w, step_strengths(guidance, w, schedule, sampler))
 
 
 @torch.inference_mode()
 def sample(
-    net: ModelFn,
+    net: NetFn,
     schedule: Schedule,
     sampler: Sampler,
-    guidance: CFG,
+    guidance: Guidance,
     labels: Tensor,
     *,
+    w: float,
     null_label: int,
     target: str = "eps",
     clip_x0: Optional[float] = None,
     batched: bool = True,
     autocast: Optional[torch.dtype] = None,
     generator: Optional[torch.Generator] = None,
-    guide_net: Optional[ModelFn] = None,
+    guide_net: Optional[NetFn] = None,
     noise: Optional[Tensor] = None,
 ) -> tuple[Tensor, float]:
-    """Guided samples for `labels` and the network evaluations each sample cost.
+    """Samples for `labels` guided by `guidance` at strength `w`, and the network evaluations each sample cost.
 
     net: the joint conditional/unconditional network (x_t, t, labels) -> `target` prediction, with a
         `sample_shape` attribute, e.g. (C, H, W); labels in [0, null_label], null_label the unconditional one.
@@ -100,19 +117,18 @@ def sample(
         guide_net: the weaker network of autoguidance (None otherwise).
     Returns float samples (B, *net.sample_shape) on the labels' device and the NFE per sample.
     """
-    check_sampler_guidance(sampler, guidance)
-    check_student_guidance(getattr(net, "guidance_range", None), guidance, step_strengths(guidance, schedule, sampler))
+    check_sampling(guidance_range(net), schedule, sampler, guidance, w)
     if noise is None:
         noise = torch.randn((labels.shape[0], *net.sample_shape), generator=generator, device=labels.device)
-    denoiser = GuidedDenoiser(net, schedule, guidance, null_label, target, batched, clip_x0, guide_net, autocast)
-    was_training = getattr(net, "training", False)
-    if isinstance(net, nn.Module):
-        net.eval()
+    denoiser = GuidedDenoiser(net, schedule, guidance, w, null_label, target, batched, clip_x0, guide_net, autocast)
+    if not isinstance(net, nn.Module):
+        return sampler(denoiser, schedule, noise, labels, generator), float(denoiser.nfe)
+    was_training = net.training
+    net.eval()
     try:
         return sampler(denoiser, schedule, noise, labels, generator), float(denoiser.nfe)
     finally:
-        if isinstance(net, nn.Module):
-            net.train(was_training)
+        net.train(was_training)
 
 
 def seeded_noise(shape: tuple[int, ...], seed: int, device: torch.device | str) -> tuple[Tensor, torch.Generator]:
@@ -133,7 +149,7 @@ def batch_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
-def sample_batch(net: ModelFn, schedule: Schedule, sampler: Sampler, guidance: CFG, labels: Tensor, *,
+def sample_batch(net: NetFn, schedule: Schedule, sampler: Sampler, guidance: Guidance, labels: Tensor, *, w: float,
                  batch_size: int, seed: int, index: int, **sample_kwargs) -> tuple[Tensor, float]:
     """Batch `index` of the label list (N,): its samples on the CPU, images as uint8 (B, C, H, W) as they are
     saved and measured, other data as float (B, ...); and the NFE per sample.
@@ -145,18 +161,19 @@ def sample_batch(net: ModelFn, schedule: Schedule, sampler: Sampler, guidance: C
     device = device_of(net)
     batch = labels[index * batch_size : (index + 1) * batch_size].to(device)
     noise, g = seeded_noise((len(batch), *net.sample_shape), batch_seed(seed, index), device)
-    x, nfe = sample(net, schedule, sampler, guidance, batch, generator=g, noise=noise, **sample_kwargs)
+    x, nfe = sample(net, schedule, sampler, guidance, batch, w=w, generator=g, noise=noise, **sample_kwargs)
     x = x.cpu()
     return (to_uint8(x) if x.ndim == 4 else x), nfe
 
 
 def sample_batches(
-    net: ModelFn,
+    net: NetFn,
     schedule: Schedule,
     sampler: Sampler,
-    guidance: CFG,
+    guidance: Guidance,
     labels: Tensor,
     *,
+    w: float,
     batch_size: int,
     seed: int,
     rank: int = 0,
@@ -172,7 +189,7 @@ def sample_batches(
     """
     out, nfe, count = [], 0.0, 0
     for i in range(rank, -(-len(labels) // batch_size), world):
-        x, batch_nfe = sample_batch(net, schedule, sampler, guidance, labels, batch_size=batch_size, seed=seed,
+        x, batch_nfe = sample_batch(net, schedule, sampler, guidance, labels, w=w, batch_size=batch_size, seed=seed,
                                     index=i, **sample_kwargs)
         out.append(x)
         nfe, count = nfe + batch_nfe * len(x), count + len(x)

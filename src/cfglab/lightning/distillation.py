@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cfglab.checkpoints import load_module, stored_config
+from cfglab.checkpoints import Checkpoint, check_same_kind, model_kind
 from cfglab.diffusion.denoiser import clip_prediction
 from cfglab.diffusion.guidance import guide
 from cfglab.diffusion.samplers import time_grid
@@ -29,11 +29,11 @@ from cfglab.diffusion.sampling import SamplingSettings
 from cfglab.diffusion.schedules import Schedule
 from cfglab.diffusion.targets import broadcast, to_prediction, training_target
 from cfglab.lightning.module import CFGDiffusion, stratified_times
-from cfglab.models.student import student_net, teacher_schedule
+from cfglab.models.student import TEACHER_ADVICE
 
 
 class _Distillation(CFGDiffusion):
-    """What both stages share: the frozen teacher and the checks that the student is of its kind.
+    """What both stages share: the frozen teacher and the check that the student is of its kind.
 
     teacher_ckpt: the teacher's checkpoint (written by train.py), or the teacher as a loaded CFGDiffusion.
     target: the student's prediction target, None for the teacher's (it must be the teacher's).
@@ -42,21 +42,22 @@ class _Distillation(CFGDiffusion):
 
     def __init__(self, net: nn.Module, schedule: Schedule, num_classes: int, teacher_ckpt: Union[str, CFGDiffusion],
                  target: Optional[str] = None, **kwargs):
-        from_file = isinstance(teacher_ckpt, (str, Path))
-        teacher = load_module(teacher_ckpt)[1] if from_file else teacher_ckpt
-        name = f"teacher_ckpt={str(teacher_ckpt)!r}" if from_file else "the teacher"
+        if isinstance(teacher_ckpt, (str, Path)):
+            stored = Checkpoint.open(teacher_ckpt, TEACHER_ADVICE)
+            teacher, name = stored.module()[1], f"teacher_ckpt={str(teacher_ckpt)!r}"
+            teacher_config = stored.config
+        else:
+            teacher, name, teacher_config = teacher_ckpt, "the teacher", teacher_ckpt.build_config
         target = teacher.target if target is None else target
-        for key, ours, theirs in (("module.target", target, teacher.target),
-                                  ("schedule", repr(schedule), repr(teacher.schedule)),
-                                  ("data.num_classes", num_classes, teacher.num_classes)):
-            if ours != theirs:
-                raise ValueError(f"{key}={ours!r}, but {name} has {theirs!r}: a student is "
-                                 "distilled with its teacher's target, noise schedule and classes (null takes them)")
-        if getattr(net, "guidance_range", None) is None:
+        check_same_kind(model_kind(num_classes, target, schedule),
+                        model_kind(teacher.num_classes, teacher.target, teacher.schedule), name)
+        if net.guidance_range is None:
             raise ValueError("the student network has no w input: use model=student with model.guidance_range")
         super().__init__(net, schedule, num_classes, target, **kwargs)
-        # Frozen and outside the module's parameters: not trained, averaged or checkpointed with the student.
-        self.__dict__["teacher"] = teacher.net.requires_grad_(False).eval()
+        # A frozen copy outside the module's parameters: not trained, averaged or checkpointed with the student, and
+        # the process's Checkpoint keeps its own module as it was.
+        self.__dict__["teacher"] = copy.deepcopy(teacher.net).requires_grad_(False).eval()
+        self.teacher_config: Optional[dict] = teacher_config  # the teacher's build config (None: a teacher built here)
 
     def draw_w(self, batch: int, generator: Optional[torch.Generator], device) -> Tensor:
         """w ~ U[w_min, w_max] (the student's guidance_range) per example, (B,)."""
@@ -75,21 +76,18 @@ class _Distillation(CFGDiffusion):
         """The distillation loss on images x0 (B, ...) with labels (B,) as given (training drops them first)."""
         raise NotImplementedError
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if "cfglab_config" in checkpoint:
-            # The student rebuilds as a plain model, a CFGDiffusion around the teacher's network config with the
-            # student's w input: sampling it needs neither the teacher nor its checkpoint.
-            config = copy.deepcopy(checkpoint["cfglab_config"])
-            if config["model"]["_target_"] == f"{student_net.__module__}.{student_net.__name__}":
-                config["model"] = {**stored_config(config["model"]["teacher_ckpt"])["model"],
-                                   "guidance_range": list(self.net.guidance_range)}
-            if config["schedule"]["_target_"] == f"{teacher_schedule.__module__}.{teacher_schedule.__name__}":
-                config["schedule"] = stored_config(config["schedule"]["teacher_ckpt"])["schedule"]
-            config["module"] = {"_target_": f"{CFGDiffusion.__module__}.{CFGDiffusion.__name__}",
-                                "target": self.target, "p_uncond": self.p_uncond}
-            checkpoint["cfglab_config"] = config
-            checkpoint["cfglab_distillation"] = self.build_config["module"]
+    def checkpoint_fields(self) -> dict:
+        """The student's checkpoints rebuild as a plain model: a CFGDiffusion around the teacher's network config
+        with the student's w input, at the teacher's schedule, so sampling a student needs neither the teacher nor
+        its checkpoint; the distillation settings are kept beside it."""
+        fields = super().checkpoint_fields()
+        if self.build_config is None or self.teacher_config is None:
+            return fields
+        config = {**self.build_config, "schedule": self.teacher_config["schedule"],
+                  "model": {**self.teacher_config["model"], "guidance_range": list(self.net.guidance_range)},
+                  "module": {"_target_": f"{CFGDiffusion.__module__}.{CFGDiffusion.__name__}", "target": self.target,
+                             "p_uncond": self.p_uncond}}
+        return {**fields, "config": config, "distillation": self.build_config["module"]}
 
 
 class GuidanceDistillation(_Distillation):
@@ -131,8 +129,8 @@ class ProgressiveDistillation(_Distillation):
     def __init__(self, net: nn.Module, schedule: Schedule, num_classes: int, teacher_ckpt: Union[str, CFGDiffusion],
                  student_steps: int, sampling: Optional[SamplingSettings] = None, **kwargs):
         super().__init__(net, schedule, num_classes, teacher_ckpt, **kwargs)
-        if getattr(self.teacher, "guidance_range", None) != net.guidance_range:
-            raise ValueError(f"the teacher takes w in {getattr(self.teacher, 'guidance_range', None)}, the student "
+        if self.teacher.guidance_range != net.guidance_range:
+            raise ValueError(f"the teacher takes w in {self.teacher.guidance_range}, the student "
                              f"{net.guidance_range}: progressive distillation starts from a stage-one student")
         time_grid(student_steps)  # validates
         self.student_steps = int(student_steps)
@@ -141,8 +139,7 @@ class ProgressiveDistillation(_Distillation):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        self.clip_x0 = self.sampling.resolve("cpu", getattr(datamodule, "data_range", None))["clip_x0"]
+        self.clip_x0 = self.sampling.resolve("cpu", self.trainer.datamodule.data_range)["clip_x0"]
 
     def _teacher_step(self, z: Tensor, t: Tensor, s: Tensor, labels: Tensor, w: Tensor) -> Tensor:
         """One DDIM (eta = 0) step of the teacher from times t to s (B,): alpha_s x0 + sigma_s eps."""

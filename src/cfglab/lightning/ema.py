@@ -35,6 +35,10 @@ class EMA(EMAWeightAveraging):
         super().__init__(decay=decay, **kwargs)
         self._kwargs["avg_fn"], self._kwargs["multi_avg_fn"] = None, EMAUpdate(decay)
 
+    def averaged_module(self):
+        """The module holding the EMA weights (None before fit starts)."""
+        return None if self._average_model is None else self._average_model.module
+
     def on_train_end(self, trainer, pl_module) -> None:
         pass
 

@@ -8,25 +8,25 @@ from typing import Callable, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
 
 from cfglab.checkpoints import load_guide_net
-from cfglab.diffusion.guidance import CFG, check_sampler_guidance
-from cfglab.diffusion.samplers import DDIM, Sampler
+from cfglab.diffusion.guidance import Guidance, check_sampler_guidance
+from cfglab.diffusion.samplers import Sampler
 from cfglab.diffusion.sampling import SamplingSettings
 from cfglab.grids import save_samples
+from cfglab.lightning.ema import EMA
 from cfglab.lightning.preemption import stop_signal
 from cfglab.sweep import SweepRecord, SweepSettings, balanced_labels, plot_tradeoff, run_points, sweep_grid_path
 from cfglab.wandb_sweep import log_sweep, sweep_context
 
 
 def sampling_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:
-    """The weights to sample from: the EMA copy when a weight-averaging callback keeps one."""
+    """The weights to sample from: the EMA copy when the EMA callback keeps one."""
     for cb in trainer.callbacks:
-        if isinstance(cb, WeightAveraging) and getattr(cb, "_average_model", None) is not None:
-            return cb._average_model.module
+        if isinstance(cb, EMA) and cb.averaged_module() is not None:
+            return cb.averaged_module()
     return pl_module
 
 
@@ -38,17 +38,16 @@ class GuidanceSweep(L.Callback):
     table and line plots (cfglab.wandb_sweep).
 
     metrics: a callable datamodule -> FidelityMetrics (e.g. functools.partial(build_metrics, ...)), called once.
-    guidance: the method without its strength (a class or functools.partial), called as guidance(w=...).
-    sampling: how samples are computed (SamplingSettings), resolved for the model's device and data.
+    guidance: the method, guiding at each w of the sweep. sampling: how samples are computed, resolved for the
+    model's device and data.
     """
 
-    def __init__(self, metrics: Callable, sweep: Optional[SweepSettings] = None, sampler: Optional[Sampler] = None,
-                 guidance: Callable[..., CFG] = CFG, sampling: Optional[SamplingSettings] = None,
-                 every_n_epochs: int = 0, out_dir: Optional[str] = None):
-        self.sweep_settings, self.sampler, self.guidance = sweep or SweepSettings(), sampler or DDIM(steps=20), guidance
-        self.sampling = sampling or SamplingSettings()
-        for w in self.sweep_settings.ws:  # the method's own range check (e.g. CFG++ w <= 1) before any compute
-            check_sampler_guidance(self.sampler, guidance(w=w))
+    def __init__(self, metrics: Callable, sweep: SweepSettings, sampler: Sampler, guidance: Guidance,
+                 sampling: SamplingSettings, every_n_epochs: int = 0, out_dir: Optional[str] = None):
+        self.sweep_settings, self.sampler, self.guidance, self.sampling = sweep, sampler, guidance, sampling
+        check_sampler_guidance(sampler, guidance)
+        for w in sweep.ws:  # the method's own range check (e.g. CFG++ w <= 1) before any compute
+            guidance.check_w(w)
         if every_n_epochs < 0:
             raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 0")
         self.metrics_factory, self.metrics, self.guide_net = metrics, None, None
@@ -73,8 +72,8 @@ class GuidanceSweep(L.Callback):
             self.metrics = self.metrics_factory(trainer.datamodule)
         module = sampling_module(trainer, pl_module)
         if self.guide_net is None:
-            self.guide_net = load_guide_net(self.guidance(w=0.0), module)
-        sampling = self.sampling.resolve(module.device, trainer.datamodule.data_range)
+            self.guide_net = load_guide_net(self.guidance, module)
+        sample_kwargs = self.sampling.resolve(module.device, trainer.datamodule.data_range)
         out_dir, step = Path(self.out_dir), trainer.global_step
         bar = tqdm(total=settings.num_samples * len(settings.ws), desc=f"guidance sweep (step {step})", unit="img",
                    disable=not trainer.progress_bar_callback or rank != 0, leave=False)
@@ -89,7 +88,7 @@ class GuidanceSweep(L.Callback):
 
         record = SweepRecord(out_dir)
         shard = (rank, world, partial(self._gather, trainer)) if world > 1 else None
-        points = run_points(module, settings, self.sampler, self.guidance, sampling, self.metrics, record, step,
+        points = run_points(module, settings, self.sampler, self.guidance, sample_kwargs, self.metrics, record, step,
                             on_point, bar.update, self.guide_net, shard)
         bar.close()
         if rank == 0:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cfglab.checkpoints import write_fields
 from cfglab.diffusion.schedules import Schedule
 from cfglab.diffusion.targets import broadcast, check_target, training_target
 
@@ -115,11 +116,12 @@ class CFGDiffusion(L.LightningModule):
         g.manual_seed(batch_idx)
         self.log("val/loss_uncond", self.loss(x0, torch.full_like(labels, self.null_label), g), sync_dist=True)
 
+    def checkpoint_fields(self) -> dict:
+        """cfglab's fields of this module's checkpoints (`cfglab.checkpoints.write_fields`' arguments)."""
+        return {"config": self.build_config, "run": self.run_identity}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.build_config is not None:
-            checkpoint["cfglab_config"] = self.build_config
-        if self.run_identity is not None:
-            checkpoint["cfglab_run"] = self.run_identity
+        write_fields(checkpoint, **self.checkpoint_fields())
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)

@@ -6,10 +6,11 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
+from cfglab.models.base import DiffusionNet
 from cfglab.models.embeddings import GuidanceEmbedding, add_guidance_embedding, timestep_embedding
 
 
-class MLP(nn.Module):
+class MLP(DiffusionNet):
     """forward(x (B, D), t (B,), labels (B,) in [0, num_classes]) -> (B, D); label num_classes is the null token.
     guidance_range: [w_min, w_max] for a guidance-distilled student, which takes w (B,) as a fourth input."""
 
@@ -27,10 +28,6 @@ class MLP(nn.Module):
             for _ in range(depth)
         )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, in_channels))
-
-    @property
-    def guidance_range(self) -> Optional[tuple[float, float]]:
-        return None if self.guidance_emb is None else self.guidance_emb.guidance_range
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor, w: Optional[Tensor] = None) -> Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.hidden)) + self.label_emb(labels)

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 from hydra.utils import instantiate
 from torch import nn
 
-from cfglab.checkpoints import read_checkpoint, stored_config
+from cfglab.checkpoints import Checkpoint
 from cfglab.models.embeddings import check_guidance_range
 
 TEACHER_ADVICE = "point teacher_ckpt at a checkpoint written by train.py"
@@ -23,7 +23,8 @@ def student_net(teacher_ckpt: str, image_size: int, in_channels: int, num_classe
     sec. 4.1). Stage two (a guidance-distilled teacher): guidance_range is the teacher's (null, or the same).
     image_size, in_channels, num_classes: the data's, as for any model; they must be the teacher's.
     """
-    model = dict(stored_config(teacher_ckpt, TEACHER_ADVICE)["model"])
+    teacher = Checkpoint.open(teacher_ckpt, TEACHER_ADVICE)
+    model = {k: v for k, v in teacher.config["model"].items() if k not in ("image_size", "in_channels", "num_classes")}
     theirs = check_guidance_range(model.get("guidance_range"))
     ours = check_guidance_range(guidance_range)
     if ours is None and theirs is None:
@@ -36,8 +37,7 @@ def student_net(teacher_ckpt: str, image_size: int, in_channels: int, num_classe
     net = instantiate(model, image_size=image_size, in_channels=in_channels, num_classes=num_classes)
     if next(net.parameters()).is_meta:  # a configuration check builds on the meta device: no weights to load
         return net
-    state = read_checkpoint(teacher_ckpt, TEACHER_ADVICE)["state_dict"]
-    weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    weights = teacher.net_weights()
     try:
         missing, unexpected = net.load_state_dict(weights, strict=False)
     except RuntimeError as e:
@@ -54,4 +54,4 @@ def student_net(teacher_ckpt: str, image_size: int, in_channels: int, num_classe
 def teacher_schedule(teacher_ckpt: str):
     """The noise schedule of the checkpoint `teacher_ckpt` (conf/schedule/teacher.yaml): a student is distilled at
     its teacher's noise levels."""
-    return instantiate(stored_config(teacher_ckpt, TEACHER_ADVICE)["schedule"])
+    return Checkpoint.open(teacher_ckpt, TEACHER_ADVICE).schedule()

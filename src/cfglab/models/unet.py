@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from cfglab.models.base import DiffusionNet
 from cfglab.models.embeddings import GuidanceEmbedding, add_guidance_embedding, timestep_embedding
 
 
@@ -48,7 +49,7 @@ class Attention(nn.Module):
         return x + self.proj(out)
 
 
-class UNet(nn.Module):
+class UNet(DiffusionNet):
     """eps/v network: forward(x (B, C, H, W), t (B,) in [0, 1], labels (B,) in [0, num_classes]) -> (B, C, H, W).
 
     guidance_range: [w_min, w_max] for a guidance-distilled student, which takes w (B,) as a fourth input
@@ -117,11 +118,6 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight), nn.init.zeros_(self.out[-1].bias)
         self.base_channels = base_channels
         self.sample_shape = (in_channels, image_size, image_size)
-
-    @property
-    def guidance_range(self) -> Optional[tuple[float, float]]:
-        """(w_min, w_max) of a guidance-distilled network, which takes w as an input; None for the joint model."""
-        return None if self.guidance_emb is None else self.guidance_emb.guidance_range
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor, w: Optional[Tensor] = None) -> Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.base_channels)) + self.label_emb(labels)
