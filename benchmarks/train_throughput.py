@@ -18,13 +18,15 @@ import argparse
 import json
 import time
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from device import add_device_argument, describe, sync
 
-from cfglab.data.loader import InMemoryBatches
+from cfglab.data.loader import Batches
+from cfglab.data.store import Items
 from cfglab.diffusion.schedules import Cosine
 from cfglab.lightning.ema import EMAUpdate
 from cfglab.lightning.module import CFGDiffusion, drop_labels
@@ -78,7 +80,7 @@ def run(spec: dict, variant: tuple, x: torch.Tensor, y: torch.Tensor, batch: int
     params = list(net.parameters())
     ema = [p.detach().clone() for p in params]
     ema_update = EMAUpdate(0.999)
-    loader = (InMemoryBatches(x.to(device), y.to(device), batch) if in_memory
+    loader = (Batches(Items(x.to(device), y.to(device), np.arange(len(x))), batch) if in_memory
               else DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True,
                               pin_memory=device.type == "cuda"))
     batches = iter(loader)

@@ -58,6 +58,13 @@ def gaussian_denoiser(schedule, mean: float, std: float):
     return denoise
 
 
+def source_items(datamodule):
+    """Every item of a data module's source, as its prepare step reads them: uint8 images and int64 labels."""
+    source = datamodule.source()
+    x, y = source.read(0, len(source))
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
 def composed(config_name, overrides, run_dir):
     """A train/evaluate config composed as Hydra would, with the run directory set (no hydra node)."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

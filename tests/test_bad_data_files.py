@@ -11,7 +11,7 @@ from PIL import Image
 from cfglab.config_checks import ConfigError, check_train_config
 from cfglab.data.cifar import CIFAR10DataModule
 from cfglab.data.mnist import MNISTDataModule
-from helpers import composed, make_mnist, write_idx
+from helpers import composed, make_mnist, source_items, write_idx
 
 IMAGES, LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
 
@@ -70,7 +70,7 @@ def test_swapped_files_are_named(tmp_path):
 def test_intact_files_load_after_passing_the_check(tmp_path):
     images, _ = make_mnist(tmp_path / "mnist", "t10k", n=40)
     dm = MNISTDataModule(data_dir=str(tmp_path / "mnist"), split="test", batch_size=8)
-    assert dm.num_train_items() == 36 and (dm.load()[0][:, 0].numpy() == images).all()
+    assert dm.num_train_items() == 36 and (source_items(dm)[0][:, 0].numpy() == images).all()
 
 
 def test_empty_image_folder_class_is_named(tmp_path):
@@ -104,4 +104,4 @@ def test_cifar_batch_that_is_not_one_is_named(tmp_path):
         with open(folder / name, "wb") as f:
             pickle.dump({b"labels": [0]}, f, protocol=2)  # no b"data"
     with pytest.raises(ValueError, match=f"{folder / 'test_batch'} is not a CIFAR-10 python batch"):
-        CIFAR10DataModule(data_dir=str(tmp_path), split="test").load()
+        source_items(CIFAR10DataModule(data_dir=str(tmp_path), split="test"))

@@ -61,3 +61,15 @@ def test_sweep_cost_refuses_a_bad_interval_before_loading_anything(bad):
     proc = subprocess.run([sys.executable, "benchmarks/sweep_cost.py", "--ckpt", "missing.ckpt", "--intervals", bad],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and f"invalid sigma_interval value: '{bad}'" in proc.stderr
+
+
+def test_data_store_benchmark_reports_every_size_and_path(tmp_path):
+    report = run_json(["benchmarks/data_store.py", "--sizes", 600, 1200, "--baseline-sizes", 1200, "--root", tmp_path,
+                       "--loader-batches", 3, "--rank-batches", 2, "--steps", 1, "--step-batch", 2], dict(os.environ))
+    assert list(report["sizes"]) == ["600", "1200"] and not any(tmp_path.iterdir())  # the folder is removed
+    for n, row in report["sizes"].items():
+        assert row["workers_agree"] and row["prepare_1w_img_s"] > 0 and row["prepare_2w_img_s"] > 0
+        assert row["store_gb"] == pytest.approx(int(n) * 3 * 64 * 64 / 1e9, rel=0.01)
+        assert row["loader_vs_step"] == pytest.approx(row["loader_batches_s"] / row["unet_steps_s"])
+        assert len(row["store_ranks"]) == 2 and all(r["uss_mb"] > 0 and r["pss_mb"] > 0 for r in row["store_ranks"])
+    assert "in_memory_ranks" in report["sizes"]["1200"] and "in_memory_ranks" not in report["sizes"]["600"]

@@ -4,7 +4,6 @@ import torch
 
 from cfglab.data.digits import DigitsDataModule
 from cfglab.data.mnist import MNISTDataModule, read_idx
-from cfglab.images import to_uint8
 from helpers import SHARED_MNIST, make_mnist, write_idx
 
 
@@ -13,21 +12,20 @@ from helpers import SHARED_MNIST, make_mnist, write_idx
 def test_mnist_reads_idx_in_both_layouts(tmp_path, gz, layout):
     folder = tmp_path if layout == "flat" else tmp_path / "MNIST" / "raw"
     images, labels = make_mnist(folder, "train", gz=gz)
-    dm = MNISTDataModule(data_dir=str(tmp_path), split="train", val_fraction=0.25)
-    s = dm.splits()
-    x = torch.cat([s["train"][0], s["val"][0]])
-    y = torch.cat([s["train"][1], s["val"][1]])
-    assert x.shape == (40, 1, 28, 28) and x.min() >= -1 and x.max() <= 1 and len(s["val"][0]) == 10
+    dm = MNISTDataModule(data_dir=str(tmp_path), split="train", val_fraction=0.25, store_root=str(tmp_path / "st"))
+    train, val = dm.items("train").head(), dm.items("val").head()
+    x, y = torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]])
+    assert x.shape == (40, 1, 28, 28) and x.dtype == torch.uint8 and len(val[0]) == 10
     # the split is a permutation of the file's contents: every (image, label) pair survives the round trip
-    order = torch.sort(y * 10**6 + to_uint8(x).flatten(1).long().sum(1)).indices
+    order = torch.sort(y * 10**6 + x.flatten(1).long().sum(1)).indices
     ref = torch.sort(torch.from_numpy(labels).long() * 10**6 + torch.from_numpy(images).flatten(1).long().sum(1)).indices
-    assert torch.equal(to_uint8(x)[order, 0], torch.from_numpy(images)[ref])
+    assert torch.equal(x[order, 0], torch.from_numpy(images)[ref])
 
 
 def test_mnist_split_selects_files(tmp_path):
     make_mnist(tmp_path, "t10k", n=20)
-    dm = MNISTDataModule(data_dir=str(tmp_path), split="test", val_fraction=0.0)
-    assert len(dm.splits()["train"][0]) == 20
+    dm = MNISTDataModule(data_dir=str(tmp_path), split="test", val_fraction=0.0, store_root=str(tmp_path / "st"))
+    assert len(dm.items("train")) == 20
     with pytest.raises(FileNotFoundError, match=f"data_dir='{tmp_path}'"):
         MNISTDataModule(data_dir=str(tmp_path), split="train")
 
@@ -46,7 +44,7 @@ def test_offline_download_names_data_dir(tmp_path, monkeypatch):
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    dm = MNISTDataModule(data_dir=str(tmp_path / "mnist"), download=True)
+    dm = MNISTDataModule(data_dir=str(tmp_path / "mnist"), download=True, store_root=str(tmp_path / "st"))
     with pytest.raises(RuntimeError, match="data_dir=.*mnist"):
         dm.prepare_data()
 
@@ -62,27 +60,27 @@ def test_truncated_idx_is_reported(tmp_path):
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="shared MNIST test split not present")
 def test_real_mnist_test_split():
     dm = MNISTDataModule(data_dir=str(SHARED_MNIST), split="test", val_fraction=0.1)
-    s = dm.splits()
-    assert len(s["train"][0]) == 9000 and len(s["val"][0]) == 1000
-    counts = torch.cat([s["train"][1], s["val"][1]]).bincount()
+    train, val = dm.items("train"), dm.items("val")
+    assert len(train) == 9000 and len(val) == 1000
+    counts = torch.cat([train.head()[1], val.head()[1]]).bincount()
     assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # official t10k class counts
 
 
 def test_digits_default():
     dm = DigitsDataModule()
-    s = dm.splits()
-    x = torch.cat([s["train"][0], s["val"][0]])
-    assert x.shape == (1797, 1, 8, 8) and x.min() == -1 and x.max() == 1
-    assert dm.num_classes == 10 and s["train"][1].max() == 9
-    resized = DigitsDataModule(image_size=16).splits()["train"][0]
-    assert resized.shape[-2:] == (16, 16)
+    x = torch.cat([dm.items("train").head()[0], dm.items("val").head()[0]])
+    assert x.shape == (1797, 1, 8, 8) and x.min() == 0 and x.max() == 255
+    assert dm.num_classes == 10 and dm.items("train").head()[1].max() == 9
+    resized = DigitsDataModule(image_size=16).items("train").head(5)[0]
+    assert resized.shape == (5, 1, 16, 16) and resized.dtype == torch.uint8
 
 
 def test_in_memory_batches_shard_ranks_without_overlap_and_resume_at_any_step():
-    from cfglab.data.loader import InMemoryBatches
+    from cfglab.data.loader import Batches
+    from cfglab.data.store import Items
 
-    x, y = torch.arange(103).float()[:, None], torch.arange(103)
-    ranks = [InMemoryBatches(x, y, 8, seed=3, rank=r, world_size=2) for r in range(2)]
+    items = Items(torch.arange(103).float()[:, None], torch.arange(103), np.arange(103))
+    ranks = [Batches(items, 8, seed=3, rank=r, world_size=2) for r in range(2)]
     assert len(ranks[0]) == 103 // 16
     seen = torch.cat([b[1] for r in ranks for b in r])
     assert len(seen) == len(ranks[0]) * 16 and len(seen.unique()) == len(seen)  # no duplicates within an epoch
@@ -92,7 +90,7 @@ def test_in_memory_batches_shard_ranks_without_overlap_and_resume_at_any_step():
     def stream(start, n):  # n batches from position `start`, crossing epoch boundaries
         out, pos = [], start
         while len(out) < n:
-            loader = InMemoryBatches(x, y, 8, seed=3, start=lambda: pos)
+            loader = Batches(items, 8, seed=3, start=lambda: pos)
             for _, yb in loader:
                 out.append(yb)
                 pos += 1

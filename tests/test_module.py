@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cfglab.data.digits import DigitsDataModule
+from cfglab.images import to_model_range
 from cfglab.lightning.module import drop_labels, stratified_times
 from helpers import sample_module, small_module
 
@@ -53,7 +54,8 @@ def test_short_training_lowers_the_loss(target, tmp_path):
     L.seed_everything(0)
     dm = DigitsDataModule(batch_size=64)
     module = small_module(target=target, lr=2e-3, warmup_steps=10)
-    x, y = dm.splits()["val"]
+    x, y = dm.items("val").head()
+    x = to_model_range(x, 8)
 
     def fixed_loss():
         with torch.no_grad():

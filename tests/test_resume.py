@@ -21,12 +21,12 @@ ARGS = [f"trainer.max_steps={STEPS}", "callbacks.checkpoint.every_n_train_steps=
         "grids.ws=[]", "logger=none", "trainer.enable_progress_bar=false", "model.base_channels=16"]
 
 
-def command(run_dir):
-    return [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *ARGS]
+def command(run_dir, *extra):
+    return [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", *ARGS, *extra]
 
 
-def run(run_dir):
-    proc = subprocess.run(command(run_dir), capture_output=True, text=True, cwd=ROOT, timeout=600)
+def run(run_dir, *extra):
+    proc = subprocess.run(command(run_dir, *extra), capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -35,9 +35,9 @@ def last(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def start_and_wait_for_checkpoint(run_dir):
+def start_and_wait_for_checkpoint(run_dir, *extra):
     """Start training; return the process once its first periodic checkpoint exists."""
-    proc = subprocess.Popen(command(run_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command(run_dir, *extra), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while not (run_dir / "checkpoints" / "last.ckpt").exists():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -64,15 +64,30 @@ def uninterrupted(tmp_path_factory):
     return last(run_dir)
 
 
-def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(tmp_path, uninterrupted):
-    proc = start_and_wait_for_checkpoint(tmp_path)
+def sigkill_and_resume(run_dir, *extra):
+    proc = start_and_wait_for_checkpoint(run_dir, *extra)
     time.sleep(random.Random(os.getpid()).uniform(0, 1.5))  # any step after the first checkpoint
     proc.kill()
     assert proc.wait() == -signal.SIGKILL
-    killed_at = last(tmp_path)["global_step"]
+    killed_at = last(run_dir)["global_step"]
     assert 10 <= killed_at < STEPS
-    run(tmp_path)
-    assert_same_training_state(uninterrupted, last(tmp_path))
+    run(run_dir, *extra)
+    return last(run_dir)
+
+
+def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(tmp_path, uninterrupted):
+    assert_same_training_state(uninterrupted, sigkill_and_resume(tmp_path))
+
+
+def test_sigkill_mid_epoch_with_flips_then_resume_is_bit_identical(tmp_path, uninterrupted):
+    """Flips are drawn from (seed, epoch, step): the resumed run mirrors the images the uninterrupted one did
+    (digits: 12 batches of 128 an epoch and a checkpoint every 10 steps, so the resumed run starts inside an
+    epoch unless it was killed between steps 60 and 69)."""
+    flip = ("data.hflip=true",)
+    run(tmp_path / "whole", *flip)
+    whole = last(tmp_path / "whole")
+    assert any(not torch.equal(v, uninterrupted["state_dict"][k]) for k, v in whole["state_dict"].items())
+    assert_same_training_state(whole, sigkill_and_resume(tmp_path / "killed", *flip))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])

@@ -196,6 +196,20 @@ def check_generate_config(cfg: DictConfig) -> None:
     p.raise_if_any("generate")
 
 
+def check_prepare_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every problem of a prepare.py config."""
+    from cfglab.data.base import ImageDataModule
+
+    p = _Problems()
+    _check_keys_and_nodes(cfg, "prepare", p)
+    data = p.build("data", lambda: instantiate(cfg.data))
+    if data is not None and not isinstance(data, ImageDataModule):
+        p.add("data", f"{cfg.data._target_} draws its items in memory: it has no store to prepare")
+    elif data is not None:
+        p.build("data", data.num_train_items)  # damaged files, or a damaged store, are named
+    p.raise_if_any("prepare")
+
+
 def _checkpoint_job_problems(cfg: DictConfig, job: str, grids: dict[str, Optional[str]]):
     """The problems every job on a checkpoint can have (keys, the file, the data settings that replace its own,
     the device, the sampling groups and their guidance grids), with the `Checkpoint` and the data module (None
@@ -209,6 +223,8 @@ def _checkpoint_job_problems(cfg: DictConfig, job: str, grids: dict[str, Optiona
         p.add("data", f"{cfg.data!r} must be a mapping of data settings, e.g. data.data_dir=/path")
     elif ckpt is not None:
         data = p.build("data", lambda: ckpt.datamodule(OmegaConf.to_container(cfg.data)))
+        if data is not None:  # damaged files, or a damaged store, are named
+            p.build("data", data.num_train_items)
     p.build("device", lambda: resolve_device(cfg.device))
     _check_sampling(cfg, p, data, ckpt.guidance_range if ckpt else None, ckpt.schedule() if ckpt else None,
                     ckpt.kind if ckpt else None, grids)

@@ -1,70 +1,132 @@
-"""In-memory image data modules: every data set here fits in memory, so batches are sliced from one tensor."""
+"""Image data modules over a prepared store: every process reads the same uint8 arrays through the node's page
+cache; batches are gathered as uint8 and turned into the model's range [-1, 1] on the training device."""
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 import lightning as L
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
 
-from cfglab.data.loader import InMemoryBatches, training_batches
+from cfglab.data.loader import Batches, training_batches
+from cfglab.data.store import Items, Source, Store, prepare, store_name
 from cfglab.images import to_model_range
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Base class: subclasses implement `load()` returning (uint8 images (N, C, H, W), int64 labels (N,)).
+    """Base class: subclasses give `make_source()`, the items to prepare (cfglab.data.store.Source), and may fetch
+    missing files in `fetch()`.
 
-    A seeded `val_fraction` of the loaded split is held out for validation, evaluation references and the
-    feature extractor's test accuracy; the rest trains.
+    The store of a data set lives in `store_root`, in a folder named after its source and settings, so a second
+    run finds it; it is prepared once, by global rank 0 with `prepare_workers` processes, before any process
+    opens it. A seeded `val_fraction` of its items is held out for validation, evaluation references and the
+    feature extractor's test accuracy; the rest trains. hflip: mirror training images left-right with
+    probability 1/2 (null: the data set's default, on for photographs, off for digits and other drawn symbols).
     """
 
     num_classes: int
     channels: int
     data_range: Optional[float] = 1.0  # images live in [-1, 1] (sampling's clip_x0 "auto")
+    photographs = False  # the default of hflip
+    prepare_data_per_node = False  # one process prepares the store, on a filesystem every node sees
 
-    def __init__(self, image_size: int, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0):
+    def __init__(self, image_size: int, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0,
+                 hflip: Optional[bool] = None, store_root: str = ".cache/cfglab/stores", prepare_workers: int = 1):
         super().__init__()
         if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction={val_fraction} must lie in [0, 1)")
+            raise ValueError(f"data.val_fraction={val_fraction} must lie in [0, 1)")
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+            raise ValueError(f"data.batch_size={batch_size} must be >= 1")
         if image_size < 1:
-            raise ValueError(f"image_size={image_size} must be >= 1")
+            raise ValueError(f"data.image_size={image_size} must be >= 1")
+        if prepare_workers < 1:
+            raise ValueError(f"data.prepare_workers={prepare_workers} must be >= 1")
         self.image_size, self.batch_size, self.val_fraction = int(image_size), int(batch_size), float(val_fraction)
-        self.seed = int(seed)
-        self._splits: Optional[dict[str, tuple[Tensor, Tensor]]] = None
+        self.seed, self.hflip = int(seed), self.photographs if hflip is None else bool(hflip)
+        self.store_root, self.prepare_workers = Path(str(store_root)).expanduser(), int(prepare_workers)
+        self._source: Optional[Source] = None
+        self._store: Optional[Store] = None
 
-    def load(self) -> tuple[Tensor, Tensor]:
+    # -- what subclasses give
+
+    def make_source(self) -> Source:
+        """The items of this data set as the store keeps them (uint8 at image_size), read on demand."""
         raise NotImplementedError
 
+    def fetch(self) -> None:
+        """Download missing source files where the data set offers it (data.download=true)."""
+
     def num_items(self) -> Optional[int]:
-        """How many items `load()` returns, found without loading them (file headers, a directory listing), so
-        that the config check can compare the batch size with the training split and refuse damaged files
-        before anything runs; None when that cannot be told cheaply."""
+        """How many items the source holds, found without reading them (file headers, a directory listing), so
+        that the configuration check can compare the batch size with the training split and refuse damaged
+        files before anything runs; None when that cannot be told cheaply (the files are still to be fetched)."""
         return None
 
+    # -- the store
+
+    def source_key(self) -> dict:
+        """What identifies the items (the class, the files and their sizes and times, the settings that change
+        them): the store's key. A subclass whose source is costly to list gives it without listing."""
+        return self.source().key
+
+    def source(self) -> Source:
+        if self._source is None:
+            self._source = self.make_source()
+        return self._source
+
+    def store_path(self) -> Path:
+        """Where this data set's store lives: <store_root>/<class>-<hash of the source's key>."""
+        return self.store_root / store_name(type(self).__name__, self.source_key())
+
+    def prepared(self) -> bool:
+        return (self.store_path() / "header.json").exists()
+
+    def prepare_data(self) -> None:
+        """Fetch missing files, then prepare the store if it is not there (Lightning runs this once, before any
+        process opens the store)."""
+        self.fetch()
+        if not self.prepared():
+            prepare(self.source(), self.store_path(), self.prepare_workers)
+
+    def store(self) -> Store:
+        """The store, opened once per process (prepared first when a single process finds none, as evaluate.py
+        and the tests do; under Lightning, prepare_data has run before); a truncated or foreign store is a
+        ValueError naming the file and what to do."""
+        if self._store is None:
+            self.prepare_data()
+            self._store = Store(self.store_path(), self.source_key())
+        return self._store
+
+    # -- splits and batches
+
     def num_train_items(self) -> Optional[int]:
-        n = self.num_items()
+        """The size of the training split: from the store when it exists (which also checks it), else from the
+        source files' headers (None: not known before they are fetched)."""
+        n = self.num_items()  # None: the files are still to be fetched, and no store can exist
+        if n is not None and self.prepared():
+            n = len(self.store())
         return None if n is None else n - int(round(self.val_fraction * n))
 
-    def splits(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """{'train': (x, y), 'val': (x, y)} with x float (N, C, S, S) in [-1, 1]; loaded once."""
-        if self._splits is None:
-            images, labels = self.load()
-            x = to_model_range(images, self.image_size)
-            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
-            n_val = int(round(self.val_fraction * len(x)))
-            val, train = perm[:n_val], perm[n_val:]
-            self._splits = {"train": (x[train], labels[train]), "val": (x[val], labels[val])}
-        return self._splits
+    def items(self, name: str) -> Items:
+        """The items of split 'train' or 'val': a seeded permutation of the store's items, the first
+        round(val_fraction * N) of which are held out."""
+        store = self.store()
+        perm = torch.randperm(len(store), generator=torch.Generator().manual_seed(self.seed)).numpy()
+        n_val = int(round(self.val_fraction * len(store)))
+        return Items(store.image_rows, store.labels, perm[n_val:] if name == "train" else perm[:n_val])
 
     def setup(self, stage: Optional[str] = None) -> None:
-        self.splits()
+        self.store()
 
-    def train_dataloader(self) -> InMemoryBatches:
-        return training_batches(self.trainer, *self.splits()["train"], self.batch_size, self.seed)
+    def train_dataloader(self) -> Batches:
+        return training_batches(self.trainer, self.items("train"), self.batch_size, self.seed, self.hflip)
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(*self.splits()["val"]), batch_size=self.batch_size)
+    def val_dataloader(self):
+        return self.items("val").batches(self.batch_size)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 images -> float32 in [-1, 1], on the training device, one batch at a time."""
+        x, y = batch
+        return (to_model_range(x, self.image_size) if x.dtype == torch.uint8 else x), y
+

@@ -4,13 +4,14 @@ arbitrary pickled code."""
 from __future__ import annotations
 
 import pickle
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
 from cfglab.data.base import ImageDataModule
+from cfglab.data.store import LoadedSource, file_fingerprint
 
 _FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
@@ -43,9 +44,15 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels  # rows are the R, G and B planes, each row-major 32x32
 
 
+def read_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = zip(*(read_batch(path) for path in paths))
+    return np.concatenate(images), np.concatenate(labels)
+
+
 class CIFAR10DataModule(ImageDataModule):
     num_classes = 10
     channels = 3
+    photographs = True
 
     def __init__(self, data_dir: str, split: str = "train", download: bool = False, image_size: int = 32, **kwargs):
         super().__init__(image_size=image_size, **kwargs)
@@ -68,7 +75,7 @@ class CIFAR10DataModule(ImageDataModule):
         folder = self._folder()
         return None if folder is None else 10_000 * len(_FILES[self.split])  # the fixed size of every batch file
 
-    def prepare_data(self) -> None:
+    def fetch(self) -> None:
         if self.download and self._folder() is None:
             from torchvision.datasets import CIFAR10
 
@@ -77,10 +84,17 @@ class CIFAR10DataModule(ImageDataModule):
             except Exception as e:  # offline, proxy, disk: say where the files were expected
                 raise RuntimeError(f"could not download CIFAR-10 into data_dir={str(self.data_dir)!r} ({e})") from e
 
-    def load(self):
-        self.prepare_data()
+    def _files(self) -> list[Path]:
         folder = self._folder()
         if folder is None:
             raise FileNotFoundError(f"CIFAR-10 {self.split} batches not found in data_dir={str(self.data_dir)!r}")
-        images, labels = zip(*(read_batch(folder / name) for name in _FILES[self.split]))
-        return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+        return [folder / name for name in _FILES[self.split]]
+
+    def source_key(self) -> dict:
+        return {"data": "CIFAR-10", "split": self.split, "files": file_fingerprint(self._files()),
+                "image_size": self.image_size}
+
+    def make_source(self) -> LoadedSource:
+        # counted when loaded: num_items() is the official files' size, a cheap bound for the configuration check
+        return LoadedSource(self.source_key(), partial(read_batches, self._files()), None, self.channels,
+                            self.image_size)

@@ -11,11 +11,12 @@ import math
 from typing import Optional, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
 
 from cfglab.data.loader import training_batches
+from cfglab.data.store import Items
 
 from cfglab.diffusion.schedules import Schedule
 
@@ -116,17 +117,22 @@ class GaussianMixtureDataModule(L.LightningDataModule):
     def num_train_items(self) -> int:
         return self.num_samples - int(round(self.val_fraction * self.num_samples))
 
-    def splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+    def _points(self) -> tuple[Tensor, Tensor]:
+        """The sampled points (N, D) float32 and their components (N,), drawn once."""
         if self._splits is None:
             g = torch.Generator().manual_seed(self.seed)
             y = self.mixture.sample_labels(self.num_samples, g)
-            x = self.mixture.sample(y, g).float()
-            n_val = int(round(self.val_fraction * self.num_samples))
-            self._splits = {"train": (x[n_val:], y[n_val:]), "val": (x[:n_val], y[:n_val])}
+            self._splits = self.mixture.sample(y, g).float(), y
         return self._splits
 
+    def items(self, name: str) -> Items:
+        """'val': the first round(val_fraction * N) points, 'train': the rest."""
+        n_val = int(round(self.val_fraction * self.num_samples))
+        index = np.arange(n_val, self.num_samples) if name == "train" else np.arange(n_val)
+        return Items(*self._points(), index)
+
     def train_dataloader(self):
-        return training_batches(self.trainer, *self.splits()["train"], self.batch_size, self.seed)
+        return training_batches(self.trainer, self.items("train"), self.batch_size, self.seed)
 
     def val_dataloader(self):
-        return DataLoader(TensorDataset(*self.splits()["val"]), batch_size=self.batch_size)
+        return self.items("val").batches(self.batch_size)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import gzip
 import struct
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
 from cfglab.data.base import ImageDataModule
+from cfglab.data.store import LoadedSource, file_fingerprint
 
 _PREFIX = {"train": "train", "test": "t10k"}
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -74,6 +75,11 @@ def find_idx(data_dir: Path, name: str, folder_name: str = "MNIST") -> Path | No
     return None
 
 
+def read_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, 1, H, W) and int64 labels (N,) of an IDX image file and its label file."""
+    return read_idx(images)[:, None].copy(), read_idx(labels).astype(np.int64)
+
+
 class MNISTDataModule(ImageDataModule):
     num_classes = 10
     channels = 1
@@ -97,7 +103,7 @@ class MNISTDataModule(ImageDataModule):
         labels = find_idx(self.data_dir, f"{prefix}-labels-idx1-ubyte", self.name)
         return (images, labels) if images and labels else None
 
-    def prepare_data(self) -> None:
+    def fetch(self) -> None:
         if self.download and self._files() is None:
             import torchvision.datasets
 
@@ -125,14 +131,13 @@ class MNISTDataModule(ImageDataModule):
             raise ValueError(f"{files[0]} holds {images[0]} images but {files[1]} {labels[0]} labels")
         return images, labels
 
-    def load(self):
-        self.prepare_data()
+    def make_source(self) -> LoadedSource:
         files = self._files()
         if files is None:
             raise FileNotFoundError(f"{self.name} {self.split} IDX files not found in data_dir={str(self.data_dir)!r}")
-        self._shapes(files)
-        images, labels = (read_idx(f) for f in files)
-        return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
+        n = self._shapes(files)[0][0]
+        key = {"data": self.name, "split": self.split, "files": file_fingerprint(files), "image_size": self.image_size}
+        return LoadedSource(key, partial(read_idx_pair, *files), n, self.channels, self.image_size)
 
 
 class FashionMNISTDataModule(MNISTDataModule):

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cfglab.atomic import atomic_write
+from cfglab.data.store import Items
+from cfglab.images import to_model_range
 
 log = logging.getLogger(__name__)
 
@@ -42,41 +44,41 @@ class DomainClassifier(nn.Module):
         return features, self.head(features)
 
 
-def _accuracy(model: DomainClassifier, x: Tensor, y: Tensor, batch: int = 1000) -> float:
+def _accuracy(model: DomainClassifier, items: Items, batch: int = 1000) -> float:
     model.eval()
     with torch.inference_mode():
-        pred = torch.cat([model(x[i : i + batch])[1].argmax(1) for i in range(0, len(x), batch)])
-    return float((pred == y).float().mean())
+        pred, truth = zip(*((model(to_model_range(x, x.shape[-1]))[1].argmax(1), y) for x, y in items.batches(batch)))
+    return float((torch.cat(pred) == torch.cat(truth)).float().mean())
 
 
-def train_classifier(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], num_classes: int, epochs: int = 15,
-                     batch_size: int = 128, lr: float = 2e-3, seed: int = 0, min_steps: int = 1000
-                     ) -> tuple[DomainClassifier, float]:
-    """Train on `train` (x in [-1, 1], y) for `epochs` but at least `min_steps` steps (small data sets need more
-    passes to give confident softmaxes for IS), with small random shifts as augmentation.
+def train_classifier(train: Items, test: Items, num_classes: int, epochs: int = 15, batch_size: int = 128,
+                     lr: float = 2e-3, seed: int = 0, min_steps: int = 1000) -> tuple[DomainClassifier, float]:
+    """Train on the `train` images (uint8, gathered per batch) for `epochs` but at least `min_steps` steps (small
+    data sets need more passes to give confident softmaxes for IS), with small random shifts as augmentation.
     Returns (model, test accuracy)."""
-    x, y = train
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = DomainClassifier(x.shape[1], x.shape[-1], num_classes)
+    channels, size = train.item_shape[0], train.item_shape[-1]
+    model = DomainClassifier(channels, size, num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = max(min_steps, epochs * max(1, len(x) // batch_size))
+    steps = max(min_steps, epochs * max(1, len(train) // batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    pad = max(1, x.shape[-1] // 14)
+    pad = max(1, size // 14)
     model.train()
     for step in range(steps):
         if step % max(1, steps // 10) == 0:  # a line per tenth: the classifier trains before any sweep output
             log.info("domain classifier: step %d of %d", step, steps)
-        idx = torch.randint(len(x), (batch_size,), generator=g)
-        xb = F.pad(x[idx], (pad,) * 4, value=-1.0)
+        idx = torch.randint(len(train), (batch_size,), generator=g)
+        x, y = train.get(idx.numpy())
+        xb = F.pad(to_model_range(x, size), (pad,) * 4, value=-1.0)
         i, j = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=g))
-        xb = xb[..., i : i + x.shape[-2], j : j + x.shape[-1]]
-        loss = F.cross_entropy(model(xb)[1], y[idx])
+        xb = xb[..., i : i + size, j : j + size]
+        loss = F.cross_entropy(model(xb)[1], y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    return model.eval(), _accuracy(model, *test)
+    return model.eval(), _accuracy(model, test)
 
 
 def data_key(datamodule) -> dict:
@@ -97,11 +99,11 @@ def domain_classifier(datamodule, cache_dir: str | Path, epochs: int = 15, seed:
     if path.is_file():
         blob = torch.load(path, weights_only=True)
         return path, float(blob["test_accuracy"])
-    splits = datamodule.splits()
-    if len(splits["val"][0]) == 0:
+    train, val = datamodule.items("train"), datamodule.items("val")
+    if len(val) == 0:
         raise ValueError("the domain classifier needs held-out images: set data.val_fraction > 0")
     log.info("training the domain classifier for %s (cached at %s)", key["data"], path)
-    model, acc = train_classifier(splits["train"], splits["val"], datamodule.num_classes, epochs=epochs, seed=seed)
+    model, acc = train_classifier(train, val, datamodule.num_classes, epochs=epochs, seed=seed)
     blob = {"state_dict": model.state_dict(), "config": model.config, "test_accuracy": acc, "key": key}
     atomic_write(path, lambda tmp: torch.save(blob, tmp))
     return path, acc

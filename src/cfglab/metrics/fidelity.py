@@ -21,7 +21,6 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 
 from cfglab.atomic import atomic_write
 from cfglab.devices import resolve_device
-from cfglab.images import to_uint8
 from cfglab.metrics.domain import cache_name, data_key, domain_classifier
 from cfglab.metrics.extractors import DOMAIN, DomainFeatureExtractor, check_inception_weights, inception
 
@@ -83,15 +82,14 @@ class FidelityMetrics:
 def reference_features(extractor, extractor_key: dict, datamodule, split: str, size: Optional[int],
                        cache_dir: Path) -> tuple[Tensor, Tensor]:
     """Features of `size` real images of `split` (all if None), computed once and cached on disk."""
-    images = datamodule.splits()[split][0]
-    n = len(images) if size is None else min(int(size), len(images))
+    items = datamodule.items(split)
+    n = len(items) if size is None else min(int(size), len(items))
     key = {"data": data_key(datamodule), "split": split, "n": n, "extractor": extractor_key}
     path = Path(cache_dir) / cache_name("reference", key)
     if path.is_file():
         blob = torch.load(path, weights_only=True)
         return blob["features"], blob["logits"]
-    real = images[:n]
-    features, logits = extract(extractor, to_uint8(real) if real.ndim == 4 else real)
+    features, logits = extract(extractor, items.head(n)[0])  # uint8 images, or the points of toy data
     atomic_write(path, lambda tmp: torch.save({"features": features, "logits": logits, "key": key}, tmp))
     return features, logits
 
