@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of BENCHMARKS.md in one go: the CUDA tests, the default MNIST study trained and swept on the GPU,
-# then the three benchmark scripts on its checkpoint.
+# then the three benchmark scripts on its checkpoint, then the DiT benchmark.
 #   bash benchmarks/run_gpu.sh <folder with the MNIST t10k IDX files> [out dir] [domain-metric cache dir]
 # Each step has its own time limit and log (<out>/<step>.log); a failed step does not stop the next ones.
 set -uo pipefail
@@ -28,3 +28,6 @@ step sampling 240 python benchmarks/sampling.py --ckpt "$CKPT" --device cuda --s
 step throughput_b1024 120 python benchmarks/train_throughput.py --device cuda --steps 30 --warmup 5 --batch 1024
 step throughput_b128 300 python benchmarks/train_throughput.py --device cuda --steps 50 --warmup 10 --batch 128 \
   --compile default reduce-overhead
+# DiT-B/2 and DiT-XL/2 on 32x32x4 latents against diffusers' DiT, eager and compiled, and guided sampling with
+# decoding (BENCHMARKS.md, "DiT"): about 8 minutes on an H200, most of it compiling.
+step dit_throughput 540 python benchmarks/dit_throughput.py --device cuda --batch 256 --steps 20 --warmup 5

@@ -150,3 +150,14 @@ def wandb_charts(run_dir) -> dict[str, dict]:
 def wandb_run(run_dir):
     """The run record (name, group, job type, ...) of an offline W&B run."""
     return next(r.run for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "run")
+
+
+def save_vae(path, seed):
+    """A random AutoencoderKL with 4x downsampling (3 blocks) and 4 latent channels."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    AutoencoderKL.from_config(dict(
+        latent_channels=4, block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=4, layers_per_block=1)).save_pretrained(path)
+    return str(path)

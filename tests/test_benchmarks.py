@@ -73,3 +73,26 @@ def test_data_store_benchmark_reports_every_size_and_path(tmp_path):
         assert row["loader_vs_step"] == pytest.approx(row["loader_batches_s"] / row["unet_steps_s"])
         assert len(row["store_ranks"]) == 2 and all(r["uss_mb"] > 0 and r["pss_mb"] > 0 for r in row["store_ranks"])
     assert "in_memory_ranks" in report["sizes"]["1200"] and "in_memory_ranks" not in report["sizes"]["600"]
+
+
+def dit_forward_flops(tokens, hidden, depth, patch, channels=4, freq=256):
+    """Peebles & Xie's DiT forward per image, counted by hand (2 FLOPs per multiply-add): patch embedding,
+    time MLP, per block qkv, attention scores and values, projection, MLP and adaLN, then the final layer."""
+    block = 2 * tokens * hidden * 3 * hidden + 2 * 2 * tokens * tokens * hidden + 2 * tokens * hidden * hidden \
+        + 2 * 2 * tokens * hidden * 4 * hidden + 2 * hidden * 6 * hidden
+    return 2 * tokens * patch * patch * channels * hidden + 2 * (freq * hidden + hidden * hidden) + depth * block \
+        + 2 * hidden * 2 * hidden + 2 * tokens * hidden * patch * patch * channels
+
+
+def test_dit_throughput_benchmark_compares_with_diffusers_and_counts_model_flops(tmp_path):
+    report = run_json(["benchmarks/dit_throughput.py", "--tiny", "--latent-size", 8, "--batch", 4, "--steps", 2,
+                       "--warmup", 1, "--sample-batch", 2, "--sample-repeats", 1], {**os.environ})
+    rows = report["rows"]
+    assert [(r["impl"], r["compile"]) for r in rows] == [("diffusers", False), ("cfglab", False),
+                                                        ("diffusers", True), ("cfglab", True)]
+    assert all(r["img_per_s"] > 0 and r["mfu"] is None for r in rows)  # no bf16 peak known for a CPU
+    # A training step is a forward and a backward (2 forwards' worth of matmuls): 3 forwards in all, at batch 4.
+    expected = 3 * 4 * dit_forward_flops(tokens=16, hidden=64, depth=2, patch=2)
+    assert abs(rows[0]["step_tflop"] * 1e12 / expected - 1) < 0.02
+    assert {"compile=False", "compile=True"} <= set(report["sampling"])
+    assert 0 < report["sampling"]["compile=False"]["decode_share"] < 1

@@ -49,13 +49,13 @@ def reference(folder, tmp_path_factory):
 
 def assert_same_store(a: Store, b: Store):
     assert a.header == b.header
-    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.array, b.array) and np.array_equal(a.labels, b.labels)
 
 
 def test_reference_store_holds_the_source(folder, reference):
     x, y = source(folder).read(0, 70)
-    assert reference.images.shape == (70, 3, 16, 16) and reference.images.dtype == np.uint8
-    assert np.array_equal(reference.images, x) and np.array_equal(reference.labels, y)
+    assert reference.array.shape == (70, 3, 16, 16) and reference.array.dtype == np.uint8
+    assert np.array_equal(reference.array, x) and np.array_equal(reference.labels, y)
     assert not (reference.path / "plan.json").exists() and not (reference.path / "chunks").exists()
     assert len(reference.header["arrays"]["images"]["chunks"]) == 9  # ceil(70 / 8)
 

@@ -10,9 +10,10 @@ BUILD_KEYS = ("data", "model", "schedule", "module")  # what a checkpoint needs 
 
 
 def data_shape(datamodule) -> dict:
-    """The model arguments that the data decide: image_size, in_channels, num_classes."""
-    return {"image_size": datamodule.image_size, "in_channels": datamodule.channels,
-            "num_classes": datamodule.num_classes}
+    """The model arguments that the data decide: image_size, in_channels (of what the model takes: images, or
+    their latents with a latent space), num_classes."""
+    channels, size = datamodule.model_input()
+    return {"image_size": size, "in_channels": channels, "num_classes": datamodule.num_classes}
 
 
 def build_net(model: DictConfig, datamodule):

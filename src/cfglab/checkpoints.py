@@ -7,7 +7,9 @@ optimizer and loop states), a cfglab checkpoint holds
   cfglab_run           the training run's name and group (and W&B project and id), which eval and generate
                        runs join;
   cfglab_distillation  for a distilled student, the distillation module's settings (its config rebuilds a plain
-                       model: the student needs no teacher to sample).
+                       model: the student needs no teacher to sample);
+and, under its data module's class name, Lightning's copy of the data module's state: for latent diffusion, the
+latent normalisation, so that a model decodes its samples without its data.
 """
 
 from __future__ import annotations
@@ -158,7 +160,9 @@ class Checkpoint:
         if unknown:
             raise ValueError(f"data.{unknown[0]}: not a setting of this checkpoint's data ({stored['_target_']}); "
                              f"it has {sorted(k for k in stored if not k.startswith('_'))}")
-        return {**stored, **data}
+        # A nested setting (data.latent.pretrained: the VAE's folder on this machine) replaces only itself.
+        return {**stored, **{k: {**stored[k], **v} if isinstance(v, dict) and isinstance(stored[k], dict) else v
+                             for k, v in data.items()}}
 
     def datamodule(self, data: Optional[dict] = None):
         """The data module of the checkpoint's data settings (replaced by `data`), not loaded."""
@@ -177,12 +181,16 @@ class Checkpoint:
         if tag not in self._built:
             config = {**copy.deepcopy(self.config), "data": self.data_config(data)}
             datamodule, module = build(OmegaConf.create(config))
+            data_state = type(datamodule).__qualname__  # where Lightning saves the data module's state_dict()
+            if data_state in self.contents:
+                datamodule.load_state_dict(self.contents[data_state])
             if self._built:  # built before with other data settings
                 module.load_state_dict(next(iter(self._built.values()))[1].state_dict())
             else:
                 module.load_state_dict(self.contents["state_dict"])
                 # The weights now live in the module; optimizer and loop states serve no sampling job.
-                self.contents = {k: v for k, v in self.contents.items() if k in (CONFIG, RUN, DISTILLATION)}
+                keep = (CONFIG, RUN, DISTILLATION, data_state)
+                self.contents = {k: v for k, v in self.contents.items() if k in keep}
             module.checkpoint_step = self.step
             self._built[tag] = (datamodule, module.eval())
         return self._built[tag]

@@ -34,7 +34,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     for lg in loggers:  # the config was checked free of credentials
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "stamp": stamp, "training_run": ckpt.run,
                             "checkpoint_step": step})
-    sample_kwargs = instantiate(cfg.sampling).resolve(device, datamodule.data_range)
+    sample_kwargs = instantiate(cfg.sampling).resolve(device, datamodule.data_range, datamodule.decoder)
     guide_net = load_guide_net(guidance, module)
     metrics = instantiate(cfg.metrics)(datamodule)
     for k, v in metrics.info.items():

@@ -33,7 +33,7 @@ from cfglab.atomic import atomic_write, atomic_write_text
 from cfglab.checkpoints import Checkpoint, load_guide_net
 from cfglab.config_checks import check_generate_config
 from cfglab.devices import resolve_device
-from cfglab.diffusion.sampling import sample_batch
+from cfglab.diffusion.sampling import describe_settings, sample_batch
 from cfglab.loggers import checkpoint_job_loggers, finish_wandb
 from cfglab.stamp import write_stamp
 from cfglab.sweep import balanced_labels, ws_problems
@@ -109,7 +109,7 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
     datamodule, module = ckpt.module(data=OmegaConf.to_container(cfg.data))
     module.to(device)
     labels = requested_labels(settings.labels, settings.num_samples, module.num_classes)
-    sample_kwargs = sampling.resolve(device, datamodule.data_range)
+    sample_kwargs = sampling.resolve(device, datamodule.data_range, datamodule.decoder)
     kwargs = {**sample_kwargs, **module.sampling_args(), "guide_net": load_guide_net(guidance, module)}
     stamp = write_stamp(out_dir, device)
     source = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "ckpt_sha256": ckpt.sha256, "step": ckpt.step}
@@ -117,7 +117,7 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
     for w in settings.ws:
         request = {**source, "sampler": repr(sampler), "guidance": repr(guidance), "w": w, "seed": settings.seed,
                    "num_samples": settings.num_samples, "batch_size": settings.batch_size, "labels": settings.labels,
-                   "sampling": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in sample_kwargs.items()}}
+                   "sampling": describe_settings(sample_kwargs)}
         wdir = out_dir / f"w{w:g}"
         if _finished(wdir, request):
             log.info("w=%g: %s already holds these samples", w, wdir / "samples.npz")

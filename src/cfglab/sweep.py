@@ -20,7 +20,7 @@ from torch import Tensor
 
 from cfglab.atomic import atomic_write_text
 from cfglab.diffusion.guidance import Guidance
-from cfglab.diffusion.sampling import sample_batches
+from cfglab.diffusion.sampling import describe_settings, sample_batches
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def run_points(module, sweep: SweepSettings, sampler, guidance: Guidance, sample
     """
     rank, world, gather = shard or (0, 1, None)
     labels = balanced_labels(sweep.num_samples, module.num_classes)
-    settings = {k: str(v) if isinstance(v, torch.dtype) else v for k, v in sample_kwargs.items()}
+    settings = describe_settings(sample_kwargs)
     out = []
     for w in sweep.ws:
         key = {"w": w, "step": int(step), "sampler": repr(sampler), "guidance": repr(guidance), "sampling": settings,

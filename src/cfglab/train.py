@@ -51,7 +51,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     paths = []
     if trainer.is_global_zero and not stopped_by:
         paths = guided_grids(module, sampler, guidance, grids, output_dir,
-                             sampling.resolve(module.device, datamodule.data_range), load_guide_net(guidance, module))
+                             sampling.resolve(module.device, datamodule.data_range, datamodule.decoder), load_guide_net(guidance, module))
         for p in paths:
             print(f"guided samples: {p}")
         for cb in (c for c in callbacks if isinstance(c, GuidanceSweep) and c.points):

@@ -114,6 +114,12 @@ class GaussianMixtureDataModule(L.LightningDataModule):
         self.split = f"ring-{num_classes}-{radius}-{std}-{num_samples}"
         self._splits = None
 
+    def model_input(self) -> tuple[int, None]:
+        """(dimension, no image size): what the model takes."""
+        return self.channels, None
+
+    decoder = None  # samples are points already: nothing to decode
+
     def num_train_items(self) -> int:
         return self.num_samples - int(round(self.val_fraction * self.num_samples))
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from cfglab.data.store import Items
+from cfglab.latent.encode import draw_latents
 
 
 def check_batch_size(num_items: Optional[int], batch_size: int, world_size: int) -> None:
@@ -42,15 +43,20 @@ class Batches:
     from `step_seed(seed, epoch, step)` for the whole global batch, so the flips do not depend on the number of
     processes. `start()` returns how many batches this rank has consumed in all (the trainer's step count times
     gradient accumulation); iteration resumes from there.
+
+    latents: the items are encoded pairs (2, 2c, h, w) of cfglab.latent.encode; each batch is drawn from them
+    (`draw_latents`: the flipped image's encoding where flipped, a posterior sample with noise from the same
+    (seed, epoch, step) generator, drawn for the whole global batch), float32 (B, c, h, w).
     """
 
     def __init__(self, items: Items, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start: Callable[[], int] = lambda: 0, hflip: bool = False):
+                 start: Callable[[], int] = lambda: 0, hflip: bool = False, latents: bool = False):
         check_batch_size(len(items), batch_size, world_size)
-        if hflip and len(items.item_shape) != 3:
+        if hflip and len(items.item_shape) != (4 if latents else 3):
             raise ValueError(f"hflip=true needs images (C, H, W), not items of shape {items.item_shape}")
         self.items, self.batch_size, self.seed = items, int(batch_size), int(seed)
         self.rank, self.world_size, self.start, self.hflip = int(rank), int(world_size), start, bool(hflip)
+        self.latents = bool(latents)
 
     def __len__(self) -> int:
         return len(self.items) // (self.batch_size * self.world_size)
@@ -62,16 +68,20 @@ class Batches:
                                                                   (self.rank + 1) * self.batch_size)
         for i in range(first, len(self)):
             x, y = self.items.get(perm[i * per_step:][mine])
-            if self.hflip:
-                flips = torch.rand(per_step, generator=torch.Generator().manual_seed(step_seed(self.seed, epoch, i)))
-                flip = flips[mine] < 0.5
+            g = torch.Generator().manual_seed(step_seed(self.seed, epoch, i))
+            flip = (torch.rand(per_step, generator=g)[mine] < 0.5) if self.hflip else torch.zeros(len(x), dtype=bool)
+            if self.latents:
+                c, h, w = x.shape[2] // 2, x.shape[3], x.shape[4]
+                x = draw_latents(x, flip, torch.randn((per_step, c, h, w), generator=g)[mine])
+            else:
                 x[flip] = x[flip].flip(-1)
             yield x, y
 
 
-def training_batches(trainer, items: Items, batch_size: int, seed: int, hflip: bool = False) -> Batches:
+def training_batches(trainer, items: Items, batch_size: int, seed: int, hflip: bool = False,
+                     latents: bool = False) -> Batches:
     """Batches sharded over the trainer's processes and resumed from its step (no trainer: rank 0 of 1)."""
     if trainer is None:
-        return Batches(items, batch_size, seed, hflip=hflip)
+        return Batches(items, batch_size, seed, hflip=hflip, latents=latents)
     return Batches(items, batch_size, seed, trainer.global_rank, trainer.world_size,
-                   start=lambda: trainer.global_step * trainer.accumulate_grad_batches, hflip=hflip)
+                   start=lambda: trainer.global_step * trainer.accumulate_grad_batches, hflip=hflip, latents=latents)

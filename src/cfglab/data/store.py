@@ -2,10 +2,11 @@
 through the one page cache they share.
 
 A store folder holds
-  images.npy   uint8 (N, C, S, S), the items in the source's order, at the configured image size
+  images.npy   uint8 (N, C, S, S), the items in the source's order, at the configured image size (or, for a
+               store of VAE latents, latents.npy: float16, see cfglab.latent.encode)
   labels.npy   int64 (N,)
   header.json  written last: the format and version, the source's identity and settings (`key`), the number of
-               items, each array's dtype and shape, the labels' sha256 and a sha256 per chunk of images
+               items, each array's dtype and shape, the labels' sha256 and a sha256 per chunk of items
 and, while it is being prepared, plan.json (what is being written) and chunks/ (one empty file per finished chunk).
 
 Why .npy: a row lies at a fixed offset, so a batch is gathered with one read per image and every DDP rank on a
@@ -71,8 +72,9 @@ REPREPARE = "delete the folder to prepare it again (or point data.store_root els
 
 
 class Store:
-    """A finished store: `images` (N, C, S, S) uint8 and `labels` (N,) int64, memory-mapped read-only (for checks
-    and tools), and `image_rows`, the images read row by row (what training batches are gathered from)."""
+    """A finished store: `array` (its items: images (N, C, S, S) uint8, or latents) and `labels` (N,) int64,
+    memory-mapped read-only (for checks and tools), and `rows`, the items read row by row (what training batches
+    are gathered from)."""
 
     def __init__(self, path: str | Path, key: Optional[dict] = None):
         """Open the store at `path`, checking its header (format, version and, if given, that it was made from
@@ -91,13 +93,13 @@ class Store:
             differ = sorted(k for k in set(key) | set(self.header["key"]) if key.get(k) != self.header["key"].get(k))
             raise ValueError(f"{self.path} holds another source or other settings (differing in {differ}): "
                              f"{REPREPARE}")
-        self.num_items = int(self.header["num_items"])
-        self.images = self._map("images")
+        self.num_items, self.name = int(self.header["num_items"]), self.header.get("array", "images")
+        self.array = self._map(self.name)
         self.labels = self._map("labels")
-        self.image_rows = Rows(self.path / "images.npy", self.images)
+        self.rows = Rows(self.path / f"{self.name}.npy", self.array)
         if _sha256(self.labels) != self.header["arrays"]["labels"]["sha256"]:
             raise ValueError(f"{self.path / 'labels.npy'} does not match its checksum in {header_path}: {REPREPARE}")
-        sums = self.header["arrays"]["images"]["chunks"]
+        sums = self.header["arrays"][self.name]["chunks"]
         for i in sorted({0, len(sums) - 1}):
             self._check_chunk(i)
 
@@ -114,13 +116,13 @@ class Store:
 
     def _check_chunk(self, i: int) -> None:
         start, stop = _chunks(self.num_items, self.header["chunk"])[i]
-        if _sha256(self.images[start:stop]) != self.header["arrays"]["images"]["chunks"][i]:
-            raise ValueError(f"{self.path / 'images.npy'}: items {start} ... {stop - 1} do not match their checksum "
+        if _sha256(self.array[start:stop]) != self.header["arrays"][self.name]["chunks"][i]:
+            raise ValueError(f"{self.path / (self.name + '.npy')}: items {start} ... {stop - 1} do not match their checksum "
                              f"in {self.path / 'header.json'}: {REPREPARE}")
 
     def verify(self) -> None:
         """Check every chunk's checksum (reads the whole store)."""
-        for i in range(len(self.header["arrays"]["images"]["chunks"])):
+        for i in range(len(self.header["arrays"][self.name]["chunks"])):
             self._check_chunk(i)
 
     def __len__(self) -> int:
@@ -148,21 +150,21 @@ def _set_worker_source(source: Source) -> None:
     _worker_source = source
 
 
-def _write_worker_chunks(folder: str, chunks: list[tuple[int, int]]) -> int:
+def _write_worker_chunks(folder: str, array: str, chunks: list[tuple[int, int]]) -> int:
     """In a worker: write a run of consecutive chunks (so that each worker reads few of the source's files), each
     marked finished as soon as it is on disk; returns the number of items written."""
     for start, stop in chunks:
-        _write_chunk(_worker_source, folder, start, stop)
+        _write_chunk(_worker_source, folder, array, start, stop)
     return sum(stop - start for start, stop in chunks)
 
 
-def _write_chunk(source: Source, folder: str, start: int, stop: int) -> None:
+def _write_chunk(source: Source, folder: str, array: str, start: int, stop: int) -> None:
     """Read items start ... stop - 1 from the source, write them into the store's arrays and mark the chunk."""
-    images, labels = source.read(start, stop)
-    if images.shape != (stop - start, *source.shape) or labels.shape != (stop - start,):
-        raise ValueError(f"the source gave images {images.shape} and labels {labels.shape} for items {start} ... "
+    items, labels = source.read(start, stop)
+    if items.shape != (stop - start, *source.shape) or labels.shape != (stop - start,):
+        raise ValueError(f"the source gave {array} {items.shape} and labels {labels.shape} for items {start} ... "
                          f"{stop - 1}, expected {(stop - start, *source.shape)} and {(stop - start,)}")
-    for name, values in (("images", images), ("labels", labels)):
+    for name, values in ((array, items), ("labels", labels)):
         array = np.load(Path(folder) / f"{name}.npy", mmap_mode="r+", allow_pickle=False)
         array[start:stop] = values
         array.flush()  # on disk before the chunk is marked finished
@@ -170,8 +172,10 @@ def _write_chunk(source: Source, folder: str, start: int, stop: int) -> None:
     (Path(folder) / "chunks" / f"{start:012d}").touch()
 
 
-def prepare(source: Source, path: str | Path, workers: int = 1, chunk: int = CHUNK, log_every_s: float = 30.0) -> Store:
-    """Write the store of `source` at `path` with `workers` processes (1: in this process) and open it.
+def prepare(source: Source, path: str | Path, workers: int = 1, chunk: int = CHUNK, log_every_s: float = 30.0,
+            array: str = "images", dtype=np.uint8) -> Store:
+    """Write the store of `source` at `path` with `workers` processes (1: in this process) and open it; its items
+    are kept in `array`.npy as `dtype` (uint8 images, or the float16 latents of cfglab.latent.encode).
 
     Resumable: the arrays are written in place chunk by chunk, each finished chunk is marked, and a rerun after a
     kill writes only the unmarked ones; the result equals an uninterrupted prepare with any number of workers.
@@ -190,22 +194,23 @@ def prepare(source: Source, path: str | Path, workers: int = 1, chunk: int = CHU
             log.info("%s is being prepared by another process: waiting for it", path)
             fcntl.flock(lock, fcntl.LOCK_EX)
         if not (path / "header.json").exists():  # else the other process finished it
-            _write(source, path, workers, chunk, log_every_s)
+            _write(source, path, workers, chunk, log_every_s, array, np.dtype(dtype))
     return Store(path, source.key)
 
 
-def _write(source: Source, path: Path, workers: int, chunk: int, log_every_s: float) -> None:
+def _write(source: Source, path: Path, workers: int, chunk: int, log_every_s: float, array: str,
+           dtype: np.dtype) -> None:
     n, shape = len(source), tuple(int(s) for s in source.shape)
     if n < 1:
         raise ValueError(f"the source {source.key} holds no items")
     plan = {"format": FORMAT, "version": VERSION, "key": source.key, "num_items": n, "shape": list(shape),
-            "chunk": int(chunk)}
+            "chunk": int(chunk), "array": array}
     plan_path, marks = path / "plan.json", path / "chunks"
     if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
         raise ValueError(f"{path} holds an unfinished store of another source or other settings ({plan_path}): "
                          f"{REPREPARE}")
     atomic_write_text(plan_path, json.dumps(plan, indent=1))
-    created = [_open_array(path / "images.npy", np.uint8, (n, *shape))[1],
+    created = [_open_array(path / f"{array}.npy", dtype, (n, *shape))[1],
                _open_array(path / "labels.npy", np.int64, (n,))[1]]
     marks.mkdir(exist_ok=True)
     if any(created):  # new arrays: no chunk of them is written yet
@@ -227,7 +232,7 @@ def _write(source: Source, path: Path, workers: int, chunk: int, log_every_s: fl
 
     if workers <= 1:
         for a, b in todo:
-            _write_chunk(source, str(path), a, b)
+            _write_chunk(source, str(path), array, a, b)
             finished(b - a)
     else:
         runs = [[(int(a), int(b)) for a, b in run]
@@ -235,20 +240,20 @@ def _write(source: Source, path: Path, workers: int, chunk: int, log_every_s: fl
         # spawn: workers start clean, without the parent's threads or CUDA state
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_set_worker_source,
                                  initargs=(source,)) as pool:
-            for future in as_completed([pool.submit(_write_worker_chunks, str(path), run) for run in runs]):
+            for future in as_completed([pool.submit(_write_worker_chunks, str(path), array, run) for run in runs]):
                 finished(future.result())
-    images = np.load(path / "images.npy", mmap_mode="r")
+    items = np.load(path / f"{array}.npy", mmap_mode="r")
     labels = np.load(path / "labels.npy", mmap_mode="r")
     header = {**plan, "arrays": {
-        "images": {"dtype": "uint8", "shape": [n, *shape],
-                   "chunks": [_sha256(images[a:b]) for a, b in _chunks(n, chunk)]},
+        array: {"dtype": str(dtype), "shape": [n, *shape],
+                "chunks": [_sha256(items[a:b]) for a, b in _chunks(n, chunk)]},
         "labels": {"dtype": "int64", "shape": [n], "sha256": _sha256(labels)}}}
     atomic_write_text(path / "header.json", json.dumps(header, indent=1))  # the store is finished from here on
     for mark in marks.iterdir():
         mark.unlink()
     marks.rmdir()
     plan_path.unlink()
-    log.info("store %s: %d items, %.2f GB, written in %.1f s", path, n, images.nbytes / 1e9, time.perf_counter() - t0)
+    log.info("store %s: %d items, %.2f GB, written in %.1f s", path, n, items.nbytes / 1e9, time.perf_counter() - t0)
 
 
 def file_fingerprint(paths: Sequence[Path]) -> list:
@@ -373,18 +378,20 @@ class Items:
         """The first n items (all if None)."""
         return self.get(np.arange(len(self) if n is None else min(int(n), len(self))))
 
-    def batches(self, batch_size: int) -> "_InOrder":
-        """The items in order in batches of `batch_size` (the last may be smaller): a loader for validation."""
-        return _InOrder(self, batch_size)
+    def batches(self, batch_size: int, view: Optional[Callable] = None) -> "_InOrder":
+        """The items in order in batches of `batch_size` (the last may be smaller): a loader for validation.
+        view: applied to each batch's x (None: x as stored)."""
+        return _InOrder(self, batch_size, view)
 
 
 class _InOrder:
-    def __init__(self, items: Items, batch_size: int):
-        self.items, self.batch_size = items, int(batch_size)
+    def __init__(self, items: Items, batch_size: int, view: Optional[Callable] = None):
+        self.items, self.batch_size, self.view = items, int(batch_size), view
 
     def __len__(self) -> int:
         return math.ceil(len(self.items) / self.batch_size)
 
     def __iter__(self):
         for start in range(0, len(self.items), self.batch_size):
-            yield self.items.get(np.arange(start, min(start + self.batch_size, len(self.items))))
+            x, y = self.items.get(np.arange(start, min(start + self.batch_size, len(self.items))))
+            yield (x if self.view is None else self.view(x)), y

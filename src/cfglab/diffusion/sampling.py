@@ -50,17 +50,26 @@ class SamplingSettings:
         if self.batched != "auto" and not isinstance(self.batched, bool):
             raise ValueError(f"batched={self.batched!r} must be true, false or 'auto'")
 
-    def resolve(self, device: torch.device | str, data_range: Optional[float]) -> dict:
+    def resolve(self, device: torch.device | str, data_range: Optional[float],
+                decode: Optional[Callable[[Tensor], Tensor]] = None) -> dict:
         """The keyword arguments of `sample` for a network on `device` and data in [-data_range, data_range]
-        (None: unbounded): {"clip_x0", "batched", "autocast"}. Clipping unbounded data to a range is refused: it
-        would distort the samples."""
+        (None: unbounded), whose samples `decode` turns into images (the data module's `decoder`; None: they
+        are the data): {"clip_x0", "batched", "autocast", "decode"}. Clipping unbounded data to a range is
+        refused: it would distort the samples."""
         if data_range is None and self.clip_x0 not in ("auto", None):
             raise ValueError(f"clip_x0={self.clip_x0!r}, but the data are unbounded, not images in [-1, 1]: clipping "
                              "the x0 estimates would distort the samples; use 'auto' (no clipping for such data) or "
                              "null")
         batched = torch.device(device).type == "cuda" if self.batched == "auto" else self.batched
         clip_x0 = data_range if self.clip_x0 == "auto" else self.clip_x0
-        return {"clip_x0": clip_x0, "batched": batched, "autocast": PRECISIONS[self.precision]}
+        return {"clip_x0": clip_x0, "batched": batched, "autocast": PRECISIONS[self.precision], "decode": decode}
+
+
+def describe_settings(sample_kwargs: dict) -> dict:
+    """`SamplingSettings.resolve`'s keyword arguments as JSON for the keys of finished sweep points and generated
+    sets: dtypes by name, a decoder as whether there is one (which one is the checkpoint's, named elsewhere)."""
+    return {k: (v is not None) if k == "decode" else str(v) if isinstance(v, torch.dtype) else v
+            for k, v in sample_kwargs.items()}
 
 
 def device_of(net: NetFn) -> torch.device:
@@ -105,6 +114,7 @@ def sample(
     generator: Optional[torch.Generator] = None,
     guide_net: Optional[NetFn] = None,
     noise: Optional[Tensor] = None,
+    decode: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> tuple[Tensor, float]:
     """Samples for `labels` guided by `guidance` at strength `w`, and the network evaluations each sample cost.
 
@@ -114,21 +124,24 @@ def sample(
         forward per step, for guidance methods that combine as CFG does and strengths within its range.
     labels: (B,) int64 on the device to sample on. generator: for the noise of ancestral steps, on that
         device, and for the initial noise x_1 unless `noise` gives it (B, *net.sample_shape) (see `seeded_noise`).
-        guide_net: the weaker network of autoguidance (None otherwise).
-    Returns float samples (B, *net.sample_shape) on the labels' device and the NFE per sample.
+        guide_net: the weaker network of autoguidance (None otherwise). decode: latents -> images in [-1, 1]
+        for a latent diffusion model (the data module's `decoder`), applied to the final samples.
+    Returns float samples (B, *net.sample_shape), decoded images with `decode`, on the labels' device and the
+    NFE per sample.
     """
     check_sampling(guidance_range(net), schedule, sampler, guidance, w)
     if noise is None:
         noise = torch.randn((labels.shape[0], *net.sample_shape), generator=generator, device=labels.device)
     denoiser = GuidedDenoiser(net, schedule, guidance, w, null_label, target, batched, clip_x0, guide_net, autocast)
-    if not isinstance(net, nn.Module):
-        return sampler(denoiser, schedule, noise, labels, generator), float(denoiser.nfe)
-    was_training = net.training
-    net.eval()
+    was_training = isinstance(net, nn.Module) and net.training
+    if was_training:
+        net.eval()
     try:
-        return sampler(denoiser, schedule, noise, labels, generator), float(denoiser.nfe)
+        x = sampler(denoiser, schedule, noise, labels, generator)
     finally:
-        net.train(was_training)
+        if was_training:
+            net.train(was_training)
+    return (x if decode is None else decode(x)), float(denoiser.nfe)
 
 
 def seeded_noise(shape: tuple[int, ...], seed: int, device: torch.device | str) -> tuple[Tensor, torch.Generator]:
@@ -156,7 +169,8 @@ def sample_batch(net: NetFn, schedule: Schedule, sampler: Sampler, guidance: Gui
 
     The batch is labels[index * batch_size : (index + 1) * batch_size], sampled on the network's device from
     seeded_noise(..., batch_seed(seed, index), ...): the same whatever ran before it, in this process or another.
-    sample_kwargs: `sample`'s keyword arguments (null_label, target, clip_x0, batched, autocast, guide_net).
+    sample_kwargs: `sample`'s keyword arguments (null_label, target, clip_x0, batched, autocast, guide_net,
+    decode).
     """
     device = device_of(net)
     batch = labels[index * batch_size : (index + 1) * batch_size].to(device)
@@ -195,7 +209,10 @@ def sample_batches(
         nfe, count = nfe + batch_nfe * len(x), count + len(x)
         if progress is not None:
             progress(len(x))
-    if not out:
-        dtype = torch.uint8 if len(net.sample_shape) == 3 else torch.get_default_dtype()
-        return torch.empty((0, *net.sample_shape), dtype=dtype), 0.0
+    if not out:  # a rank without a batch: an empty tensor shaped like the others' samples
+        shape = net.sample_shape
+        if sample_kwargs.get("decode") is not None:
+            shape = sample_kwargs["decode"](torch.zeros((1, *shape), device=device_of(net))).shape[1:]
+        dtype = torch.uint8 if len(shape) == 3 else torch.get_default_dtype()
+        return torch.empty((0, *shape), dtype=dtype), 0.0
     return torch.cat(out), nfe / count

@@ -73,7 +73,8 @@ class GuidanceSweep(L.Callback):
         module = sampling_module(trainer, pl_module)
         if self.guide_net is None:
             self.guide_net = load_guide_net(self.guidance, module)
-        sample_kwargs = self.sampling.resolve(module.device, trainer.datamodule.data_range)
+        sample_kwargs = self.sampling.resolve(module.device, trainer.datamodule.data_range,
+                                              trainer.datamodule.decoder)
         out_dir, step = Path(self.out_dir), trainer.global_step
         bar = tqdm(total=settings.num_samples * len(settings.ws), desc=f"guidance sweep (step {step})", unit="img",
                    disable=not trainer.progress_bar_callback or rank != 0, leave=False)
