@@ -132,6 +132,7 @@ class ImageDataModule(L.LightningDataModule):
         """The model's samples (B, c, h, w) -> images in [-1, 1] (B, C, S, S): the VAE's decoder with the latent
         normalisation undone; None when the model works on images, whose samples are images already."""
         return None if self.latent is None else self.latent.decode
+
     # -- splits and batches
 
     def num_train_items(self) -> Optional[int]:
