@@ -140,6 +140,7 @@ def test_a_store_or_a_model_of_another_vae_is_refused(files):
     (["data.image_size=18"], ["data.image_size=18 is not divisible by the downsampling factor 4"]),
     (["model.patch_size=8"], ["model", "image_size=4", "not divisible by patch_size=8"]),
     (["data.latent.normalisation=minmax"], ["data.latent.normalisation='minmax'"]),
+    (["data.latent.device=gpu"], ["data.latent.device='gpu'"]),
 ])
 def test_a_vae_that_does_not_fit_is_refused_by_the_configuration_check(files, tmp_path, overrides, expected):
     base = ["data=image_folder", f"data.data_dir={files['images']}", "data.image_size=16", "latent=sd_vae",

@@ -52,6 +52,12 @@ class VAELatents:
             raise ValueError(f"data.latent.normalisation={normalisation!r} must be one of {list(NORMALISATIONS)}")
         if batch_size < 1:
             raise ValueError(f"data.latent.batch_size={batch_size} must be >= 1")
+        if device != "auto":
+            try:
+                torch.device(device)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"data.latent.device={device!r} must be 'auto' or a torch device (cpu, cuda, "
+                                 "cuda:N)") from e
         self.pretrained, self.subfolder = str(pretrained), subfolder
         self.normalisation, self.batch_size, self.device = normalisation, int(batch_size), device
         if _is_path(self.pretrained):
