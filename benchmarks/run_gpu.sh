@@ -31,3 +31,6 @@ step throughput_b128 300 python benchmarks/train_throughput.py --device cuda --s
 # DiT-B/2 and DiT-XL/2 on 32x32x4 latents against diffusers' DiT, eager and compiled, and guided sampling with
 # decoding (BENCHMARKS.md, "DiT"): about 8 minutes on an H200, most of it compiling.
 step dit_throughput 540 python benchmarks/dit_throughput.py --device cuda --batch 256 --steps 20 --warmup 5
+# A published DiT-XL/2 (random weights, both file layouts) swept with DPM-Solver++ 20 steps and decoding, per 1,000
+# samples, against diffusers' DiTPipeline (BENCHMARKS.md, "Published DiT").
+step published_dit 420 python benchmarks/published_dit.py --device cuda --samples 1000 --batch 250

@@ -96,3 +96,11 @@ def test_dit_throughput_benchmark_compares_with_diffusers_and_counts_model_flops
     assert abs(rows[0]["step_tflop"] * 1e12 / expected - 1) < 0.02
     assert {"compile=False", "compile=True"} <= set(report["sampling"])
     assert 0 < report["sampling"]["compile=False"]["decode_share"] < 1
+
+
+def test_published_dit_benchmark_times_both_layouts_against_ditpipeline():
+    report = run_json(["benchmarks/published_dit.py", "--tiny", "--samples", 2, "--batch", 2, "--steps", 3],
+                      {**os.environ})
+    rows = ["DiTPipeline", "cfglab official fp32", "cfglab diffusers fp32", "cfglab official bf16"]
+    assert list(report["seconds_per_1000"]) == rows and all(v > 0 for v in report["seconds_per_1000"].values())
+    assert report["speedup_vs_ditpipeline"]["DiTPipeline"] == 1.0

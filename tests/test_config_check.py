@@ -213,9 +213,9 @@ def test_guidance_configs_carry_no_strength():
 
 def test_missing_required_value_is_reported_before_anything_is_written(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_script("evaluate.py", f"hydra.run.dir={run_dir}")
+    proc = run_script("evaluate.py", "published=dit", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "ckpt_path: ??? is a required value: set it, e.g. ckpt_path=<value>" in proc.stderr
+    assert "published.path: ??? is a required value: set it, e.g. published.path=<value>" in proc.stderr
     assert "Traceback" not in proc.stderr and "raised" not in proc.stderr and not run_dir.exists()
 
 

@@ -11,7 +11,7 @@ from cfglab.checkpoints import Checkpoint
 from cfglab.diffusion.denoiser import GuidedDenoiser
 from cfglab.diffusion.guidance import CFG, GuidanceInterval, ScheduledCFG
 from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M, time_grid
-from cfglab.diffusion.schedules import Cosine
+from cfglab.diffusion.schedules import Cosine, DiscreteLinearBeta
 from cfglab.models.unet import UNet
 from helpers import ROOT
 
@@ -24,18 +24,20 @@ def small_net(device):
     return net.to(device).eval()
 
 
+@pytest.mark.parametrize("schedule", [Cosine(), DiscreteLinearBeta()], ids=["cosine", "discrete"])
 @pytest.mark.parametrize("sampler", [DPMSolverPP2M(steps=10), DDIM(steps=10, eta=1.0)])
 @pytest.mark.parametrize("guidance", [CFG(), GuidanceInterval(sigma_lo=0.5, sigma_hi=2.0), ScheduledCFG(shape="cosine")])
-def test_guided_sampling_never_synchronises_with_the_host(sampler, guidance):
+def test_guided_sampling_never_synchronises_with_the_host(sampler, guidance, schedule):
     dev = torch.device("cuda")
-    den = GuidedDenoiser(small_net(dev), Cosine(), guidance, 2.0, null_label=10, clip_x0=1.0, autocast=torch.bfloat16)
+    schedule.log_snr(torch.zeros(1, device=dev))  # the discrete schedule copies its table to the device once
+    den = GuidedDenoiser(small_net(dev), schedule, guidance, 2.0, null_label=10, clip_x0=1.0, autocast=torch.bfloat16)
     g = torch.Generator(device=dev).manual_seed(0)
     x, y = torch.randn(8, 1, 8, 8, device=dev, generator=g), torch.arange(8, device=dev) % 10
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any device-to-host read inside the loop raises
     try:
         with torch.inference_mode():
-            out = sampler(den, Cosine(), x, y, g)
+            out = sampler(den, schedule, x, y, g)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert out.shape == x.shape and torch.isfinite(out).all()
@@ -107,3 +109,33 @@ def test_evaluate_and_generate_on_the_gpu_agree_with_the_cpu(tmp_path):
         assert gpu["is"] == pytest.approx(cpu["is"], rel=0.02)
         for k in ("precision", "recall", "accuracy"):
             assert gpu[k] == pytest.approx(cpu[k], abs=0.02)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp_2m"])
+def test_a_published_dit_folder_samples_as_ditpipeline_on_the_gpu(tmp_path, name):
+    """tests/test_published.py's equivalence with diffusers, on CUDA: both from the same CPU-drawn noise."""
+    import diffusers
+    import numpy as np
+
+    from cfglab.diffusion.guidance import Guidance
+    from cfglab.diffusion.sampling import sample
+    from cfglab.published.dit import PublishedDiT
+    from helpers import save_vae
+    from test_published import ATOL, LABELS, SCHEDULERS, tiny_dit
+
+    vae = diffusers.AutoencoderKL.from_pretrained(save_vae(tmp_path / "vae", seed=1))
+    diffusers.DiTPipeline(transformer=tiny_dit(), vae=vae, scheduler=diffusers.DDIMScheduler()).save_pretrained(
+        tmp_path / "pipeline")
+    make_scheduler, make_sampler = SCHEDULERS[name]
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 on both sides
+    pipe = diffusers.DiTPipeline.from_pretrained(tmp_path / "pipeline", scheduler=make_scheduler(),
+                                                 low_cpu_mem_usage=False).to("cuda")
+    theirs = pipe(class_labels=LABELS, guidance_scale=4.0, generator=torch.Generator().manual_seed(0),
+                  num_inference_steps=10, output_type="np").images
+    datamodule, module = PublishedDiT(str(tmp_path / "pipeline")).module()
+    module.to("cuda")
+    noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0)).cuda()
+    x, _ = sample(sampler=make_sampler(10), guidance=Guidance(), labels=torch.tensor(LABELS, device="cuda"), w=3.0,
+                  noise=noise, decode=datamodule.decoder, batched=True, **module.sampling_args())
+    ours = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    assert np.abs(ours - theirs).max() < ATOL

@@ -54,10 +54,12 @@ def test_sharded_batches_put_together_equal_one_process():
 
 def test_settings_resolve_for_the_device_and_the_data():
     auto = SamplingSettings()
-    assert auto.resolve("cpu", 1.0) == {"clip_x0": 1.0, "batched": False, "autocast": None, "decode": None}
-    assert auto.resolve("cuda", None) == {"clip_x0": None, "batched": True, "autocast": None, "decode": None}
-    fixed = SamplingSettings(clip_x0=None, precision="bf16-mixed", batched=True)
-    assert fixed.resolve("cpu", 1.0) == {"clip_x0": None, "batched": True, "autocast": torch.bfloat16, "decode": None}
+    off = {"decode": None, "guided_channels": None}
+    assert auto.resolve("cpu", 1.0) == {"clip_x0": 1.0, "batched": False, "autocast": None, **off}
+    assert auto.resolve("cuda", None) == {"clip_x0": None, "batched": True, "autocast": None, **off}
+    fixed = SamplingSettings(clip_x0=None, precision="bf16-mixed", batched=True, guided_channels=3)
+    assert fixed.resolve("cpu", 1.0) == {"clip_x0": None, "batched": True, "autocast": torch.bfloat16,
+                                         "decode": None, "guided_channels": 3}
 
 
 @pytest.mark.parametrize("bad, match", [(dict(clip_x0=0), "clip_x0=0"), (dict(clip_x0="all"), "clip_x0='all'"),

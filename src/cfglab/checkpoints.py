@@ -58,6 +58,19 @@ def check_same_kind(ours: dict, theirs: dict, name: str) -> None:
                          "prediction target and noise schedule)")
 
 
+def merge_data_config(stored: dict, data: Optional[dict], whose: str) -> dict:
+    """`stored` data settings with the non-null values of `data` replacing some of them; each must be one of
+    `stored`'s (whose: what holds them, for the error)."""
+    data = {k: v for k, v in (data or {}).items() if v is not None}
+    unknown = sorted(set(data) - set(stored))
+    if unknown:
+        raise ValueError(f"data.{unknown[0]}: not a setting of {whose} ({stored.get('_target_')}); "
+                         f"it has {sorted(k for k in stored if not k.startswith('_'))}")
+    # A nested setting (data.latent.pretrained: the VAE's folder on this machine) replaces only itself.
+    return {**stored, **{k: {**stored[k], **v} if isinstance(v, dict) and isinstance(stored[k], dict) else v
+                         for k, v in data.items()}}
+
+
 def _identity(path: Path) -> tuple:
     """The same file, unchanged: its resolved path, size and modification time."""
     stat = path.stat()
@@ -75,6 +88,7 @@ class Checkpoint:
     """
 
     _opened: dict[tuple, "Checkpoint"] = {}
+    learned_variance = False  # cfglab trains the simple loss: no variance output
 
     @classmethod
     def open(cls, path: str | Path, advice: str = SAMPLE_ADVICE) -> "Checkpoint":
@@ -154,15 +168,7 @@ class Checkpoint:
     def data_config(self, data: Optional[dict] = None) -> dict:
         """The checkpoint's data settings with the non-null values of `data` replacing some of them (the data
         set's location on this machine, say); each must be one it has."""
-        data = {k: v for k, v in (data or {}).items() if v is not None}
-        stored = self.config["data"]
-        unknown = sorted(set(data) - set(stored))
-        if unknown:
-            raise ValueError(f"data.{unknown[0]}: not a setting of this checkpoint's data ({stored['_target_']}); "
-                             f"it has {sorted(k for k in stored if not k.startswith('_'))}")
-        # A nested setting (data.latent.pretrained: the VAE's folder on this machine) replaces only itself.
-        return {**stored, **{k: {**stored[k], **v} if isinstance(v, dict) and isinstance(stored[k], dict) else v
-                             for k, v in data.items()}}
+        return merge_data_config(self.config["data"], data, "this checkpoint's data")
 
     def datamodule(self, data: Optional[dict] = None):
         """The data module of the checkpoint's data settings (replaced by `data`), not loaded."""

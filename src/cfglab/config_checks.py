@@ -35,10 +35,12 @@ from cfglab.config_nodes import (config_dir, declared_paths, job_keys, node_prob
                                  unknown_overrides)
 from cfglab.data.loader import check_batch_size
 from cfglab.devices import resolve_device
+from cfglab.diffusion.denoiser import learned_variance
 from cfglab.diffusion.sampling import check_sampling
 from cfglab.lightning.trainer import check_trainer_args, world_size
 from cfglab.loggers import find_secrets
 from cfglab.models.student import TEACHER_ADVICE
+from cfglab.published.model import ModelData, PublishedModel
 from cfglab.sweep import ws_problems
 
 
@@ -127,7 +129,7 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_metrics(cfg.metrics, data, p)
     kind = None if stand_ins or module is None else model_kind(module.num_classes, module.target, module.schedule)
     _check_sampling(cfg, p, data, None if net is None else net.guidance_range, schedule, kind,
-                    {"sweep.ws": "sweep", "grids.ws": "grids"})
+                    {"sweep.ws": "sweep", "grids.ws": "grids"}, None if net is None else learned_variance(net))
     for name, node in (cfg.callbacks or {}).items():
         if node is not None and not _depends_on_reported(node, p):
             p.build(f"callbacks.{name}", lambda node=node: instantiate(node))
@@ -174,7 +176,10 @@ def check_distill_config(cfg: DictConfig) -> None:
 
 def check_evaluate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of an evaluate.py config."""
-    p, _, _ = _checkpoint_job_problems(cfg, "evaluate", {"sweep.ws": "sweep"})
+    p, _, data = _checkpoint_job_problems(cfg, "evaluate", {"sweep.ws": "sweep"})
+    if isinstance(data, ModelData):
+        p.add("data.data_dir", "null: the metrics compare the samples with the images the published model was "
+                               "trained on; give their folder (ImageNet's train folder for DiT)")
     _check_metrics(cfg.metrics, None, p)
     p.raise_if_any("evaluate")
 
@@ -216,8 +221,15 @@ def _checkpoint_job_problems(cfg: DictConfig, job: str, grids: dict[str, Optiona
     when they cannot be read or built)."""
     p, ckpt, data = _Problems(), None, None
     _check_keys_and_nodes(cfg, job, p)
-    ckpt_path = _value(cfg, "ckpt_path")
-    if ckpt_path is not _MISSING:
+    ckpt_path, published = _value(cfg, "ckpt_path"), cfg.get("published")
+    if published is not None and ckpt_path not in (None, _MISSING):
+        p.add("ckpt_path", f"{ckpt_path!r} and published={published.get('_target_')}: give one model, not both")
+    elif published is not None:  # its messages name their keys (published.path=...)
+        ckpt = p.build("", lambda: PublishedModel.open(published))
+    elif ckpt_path is None:
+        p.add("ckpt_path", "null: give a checkpoint of train.py (ckpt_path=...) or a published model "
+                           "(published=dit published.path=...)")
+    elif ckpt_path is not _MISSING:
         ckpt = p.build("ckpt_path", lambda: Checkpoint.open(ckpt_path))
     if ckpt is not None and not isinstance(cfg.data, DictConfig):
         p.add("data", f"{cfg.data!r} must be a mapping of data settings, e.g. data.data_dir=/path")
@@ -227,17 +239,22 @@ def _checkpoint_job_problems(cfg: DictConfig, job: str, grids: dict[str, Optiona
             p.build("data", data.num_train_items)
     p.build("device", lambda: resolve_device(cfg.device))
     _check_sampling(cfg, p, data, ckpt.guidance_range if ckpt else None, ckpt.schedule() if ckpt else None,
-                    ckpt.kind if ckpt else None, grids)
+                    ckpt.kind if ckpt else None, grids, ckpt.learned_variance if ckpt else None)
     return p, ckpt, data
 
 
 def _check_sampling(cfg: DictConfig, p: _Problems, data, guidance_range, schedule, kind: Optional[dict],
-                    grids: dict[str, Optional[str]]) -> None:
+                    grids: dict[str, Optional[str]], variance: Optional[bool] = None) -> None:
     """The groups every sampling job has (sampler, guidance, sampling) and its guidance grids: `grids` maps the key
     of each list of strengths (sweep.ws) to the settings node that holds it (sweep; None: top level). `data`: the
     data module sampled (None if unknown); `guidance_range` and `schedule`: the model's (None if unknown);
-    `kind`: the model's `model_kind`, which autoguidance's guide must share (None if unknown)."""
+    `kind`: the model's `model_kind`, which autoguidance's guide must share (None if unknown); `variance`: whether
+    its network has a learned variance (None if unknown)."""
     sampler = p.build("sampler", lambda: instantiate(cfg.sampler))
+    if sampler is not None and schedule is not None:  # a spacing the schedule has (respaced: discrete ones)
+        p.build("", lambda: sampler.grid(schedule))
+    if sampler is not None and variance is not None:
+        p.build("", lambda: sampler.check_network(variance))
     guidance = p.build("guidance", lambda: instantiate(cfg.guidance))
     sampling = p.build("sampling", lambda: instantiate(cfg.sampling))
     if sampling is not None and data is not None:

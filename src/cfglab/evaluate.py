@@ -9,11 +9,12 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cfglab.checkpoints import Checkpoint, load_guide_net
+from cfglab.checkpoints import load_guide_net
 from cfglab.config_checks import check_evaluate_config
 from cfglab.devices import resolve_device
 from cfglab.grids import save_samples
 from cfglab.loggers import checkpoint_job_loggers, finish_wandb
+from cfglab.published.model import open_model
 from cfglab.stamp import write_stamp
 from cfglab.sweep import SweepRecord, balanced_labels, format_table, plot_tradeoff, run_points, sweep_grid_path
 from cfglab.wandb_sweep import log_sweep, sweep_context
@@ -25,7 +26,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     record = SweepRecord(out_dir)  # a corrupt sweep.json fails here, before any compute
     sweep, sampler, guidance = instantiate(cfg.sweep), instantiate(cfg.sampler), instantiate(cfg.guidance)
     device = resolve_device(cfg.device)
-    ckpt = Checkpoint.open(cfg.ckpt_path)
+    ckpt = open_model(cfg)
     datamodule, module = ckpt.module(data=OmegaConf.to_container(cfg.data))
     module.to(device)
     stamp = write_stamp(out_dir, device)
@@ -51,7 +52,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     with tqdm(total=len(sweep.ws) * sweep.num_samples, desc="guidance sweep", unit="img") as bar:
         points = run_points(module, sweep, sampler, guidance, sample_kwargs, metrics, record, step, on_point,
                             bar.update, guide_net)
-    plot_tradeoff(record.points, out_dir / "tradeoff.png", title=Path(cfg.ckpt_path).name)
+    plot_tradeoff(record.points, out_dir / "tradeoff.png", title=ckpt.path.name)
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             log_sweep(lg.experiment, points, sweep_context(module, sampler, guidance), out_dir, step)

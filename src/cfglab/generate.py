@@ -30,11 +30,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 
 from cfglab.atomic import atomic_write, atomic_write_text
-from cfglab.checkpoints import Checkpoint, load_guide_net
+from cfglab.checkpoints import load_guide_net
 from cfglab.config_checks import check_generate_config
 from cfglab.devices import resolve_device
 from cfglab.diffusion.sampling import describe_settings, sample_batch
 from cfglab.loggers import checkpoint_job_loggers, finish_wandb
+from cfglab.published.model import open_model
 from cfglab.stamp import write_stamp
 from cfglab.sweep import balanced_labels, ws_problems
 
@@ -105,14 +106,14 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
         device = torch.device("cuda", local_rank)
     settings = GenerateSettings.from_config(cfg)
     sampler, guidance, sampling = instantiate(cfg.sampler), instantiate(cfg.guidance), instantiate(cfg.sampling)
-    ckpt = Checkpoint.open(cfg.ckpt_path)
+    ckpt = open_model(cfg)
     datamodule, module = ckpt.module(data=OmegaConf.to_container(cfg.data))
     module.to(device)
     labels = requested_labels(settings.labels, settings.num_samples, module.num_classes)
     sample_kwargs = sampling.resolve(device, datamodule.data_range, datamodule.decoder)
     kwargs = {**sample_kwargs, **module.sampling_args(), "guide_net": load_guide_net(guidance, module)}
     stamp = write_stamp(out_dir, device)
-    source = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "ckpt_sha256": ckpt.sha256, "step": ckpt.step}
+    source = {"ckpt_path": str(ckpt.path.resolve()), "ckpt_sha256": ckpt.sha256, "step": ckpt.step}
     done = []
     for w in settings.ws:
         request = {**source, "sampler": repr(sampler), "guidance": repr(guidance), "w": w, "seed": settings.seed,

@@ -18,12 +18,13 @@ ROW_KEYS = (*METRICS, "nfe")
 
 def sweep_context(module, sampler, guidance) -> dict[str, Any]:
     """The values that define a sweep's run, as table columns: p_uncond, prediction target, guidance method and
-    sampler (with their settings), model (class, size and, for a guidance-distilled one, its w range)."""
+    sampler (with their settings), model (class or a published model's name, size and, for a guidance-distilled
+    one, its w range)."""
     params = sum(p.numel() for p in module.net.parameters())
     w_range = module.net.guidance_range
     distilled = f", w input [{w_range[0]:g}, {w_range[1]:g}]" if w_range is not None else ""
     return {"p_uncond": module.p_uncond, "target": module.target, "guidance": repr(guidance),
-            "sampler": repr(sampler), "model": f"{type(module.net).__name__} {params / 1e6:.2f}M{distilled}"}
+            "sampler": repr(sampler), "model": f"{getattr(module.net, 'name', type(module.net).__name__)} {params / 1e6:.2f}M{distilled}"}
 
 
 def define_sweep_axes(run) -> None:

@@ -32,6 +32,11 @@ def guidance_range(net: NetFn) -> Optional[tuple[float, float]]:
     return getattr(net, "guidance_range", None)
 
 
+def learned_variance(net: NetFn) -> bool:
+    """Whether the network's output holds a learned variance after its prediction (2C channels for C: DiT, ADM)."""
+    return bool(getattr(net, "learned_variance", False))
+
+
 def clip_prediction(pred: Prediction, x: Tensor, alpha: Tensor, sigma: Tensor, clip_x0: Optional[float],
                     keep_eps: bool = False) -> Prediction:
     """The prediction with x0 clipped to [-clip_x0, clip_x0] (None: unchanged) and eps shifted so that
@@ -40,8 +45,8 @@ def clip_prediction(pred: Prediction, x: Tensor, alpha: Tensor, sigma: Tensor, c
         return pred
     x0 = pred.x0.clamp(-clip_x0, clip_x0)
     if keep_eps:
-        return Prediction(x0, pred.eps)
-    return Prediction(x0, pred.eps + broadcast(alpha / sigma, x) * (pred.x0 - x0))
+        return pred._replace(x0=x0)
+    return pred._replace(x0=x0, eps=pred.eps + broadcast(alpha / sigma, x) * (pred.x0 - x0))
 
 
 class GuidedDenoiser:
@@ -68,6 +73,13 @@ class GuidedDenoiser:
     its (x0, eps) pair does not satisfy x_t = alpha x0 + sigma eps by design, and shifting eps would re-noise
     along another direction than the one that defines the method.
 
+    guided_channels: guide only the first k channels (the others keep the conditional prediction), DiT's
+    sampling code's choice of 3 of its 4 latent channels (DiT's `forward_with_cfg`, kept for reproducing its
+    published FIDs); None: every channel, the method as written.
+
+    A network with a `learned_variance` returns 2C channels: the prediction, then its variance output (`Prediction.v`,
+    taken from the conditional prediction, as DiT's and ADM's guided sampling do).
+
     The network's output is cast to the dtype of x_t: a float64 run stays float64 end to end.
     """
 
@@ -83,8 +95,10 @@ class GuidedDenoiser:
         clip_x0: Optional[float] = None,
         guide_net: Optional[NetFn] = None,
         autocast: Optional[torch.dtype] = None,
+        guided_channels: Optional[int] = None,
     ):
         self.net, self.schedule, self.guidance, self.guide_net = net, schedule, guidance, guide_net
+        self.guided_channels = guided_channels
         self.w, self.autocast, self.distilled = float(w), autocast, guidance_range(net) is not None
         self.null_label, self.target, self.batched = int(null_label), check_target(target), bool(batched)
         if clip_x0 is not None and not clip_x0 > 0:
@@ -97,8 +111,11 @@ class GuidedDenoiser:
 
     def _predict(self, net: NetFn, x: Tensor, t: Tensor, labels: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
         with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            out = net(x, t, labels)
-        return to_prediction(out.to(x.dtype), x, alpha, sigma, self.target)
+            out = net(x, t, labels).to(x.dtype)
+        if learned_variance(net):
+            out, v = out.chunk(2, dim=1)
+            return to_prediction(out, x, alpha, sigma, self.target)._replace(v=v)
+        return to_prediction(out, x, alpha, sigma, self.target)
 
     def __call__(self, x: Tensor, t: float, labels: Optional[Tensor]) -> Prediction:
         """x: (B, ...); t: the step's time as a float; labels: (B,) int64 or None (unconditional)."""
@@ -129,9 +146,14 @@ class GuidedDenoiser:
         elif self.batched:
             both = self._predict(self.net, torch.cat([x, x]), torch.cat([t_dev, t_dev]), torch.cat([labels, null]),
                                  torch.cat([alpha, alpha]), torch.cat([sigma, sigma]))
-            cond = Prediction(*(p[: x.shape[0]] for p in both))
-            uncond = Prediction(*(p[x.shape[0] :] for p in both))
+            cond = Prediction(*(None if p is None else p[: x.shape[0]] for p in both))
+            uncond = Prediction(*(None if p is None else p[x.shape[0] :] for p in both))
         else:
             cond = self._predict(self.net, x, t_dev, labels, alpha, sigma)
             uncond = self._predict(self.net, x, t_dev, null, alpha, sigma)
-        return self.guidance.combine(cond, uncond, w, x, alpha, sigma, self.state)
+        guided = self.guidance.combine(cond, uncond, w, x, alpha, sigma, self.state)
+        k = self.guided_channels
+        if k is not None:  # channels k: keep the conditional prediction (DiT's forward_with_cfg)
+            guided = Prediction(torch.cat([guided.x0[:, :k], cond.x0[:, k:]], 1),
+                                torch.cat([guided.eps[:, :k], cond.eps[:, k:]], 1))
+        return guided._replace(v=cond.v)

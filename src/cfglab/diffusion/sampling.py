@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from cfglab.diffusion.denoiser import GuidedDenoiser, NetFn, guidance_range
 from cfglab.diffusion.guidance import Guidance, check_sampler_guidance, check_student_guidance
-from cfglab.diffusion.samplers import Sampler, time_grid
+from cfglab.diffusion.samplers import Sampler
 from cfglab.diffusion.schedules import Schedule
 from cfglab.images import to_uint8
 
@@ -35,11 +35,15 @@ class SamplingSettings:
         (False); "auto": batched on CUDA, two passes elsewhere. BENCHMARKS.md measured the 2B forward 1.4x slower
         than two B forwards on a 2-core CPU and faster on an H200, so "auto" keeps guided sampling at about
         twice the cost of unguided sampling on both.
+    guided_channels: guide only the first k channels of the model's samples, the others keep the conditional
+        prediction: 3 reproduces DiT's sampling code (its `forward_with_cfg` guides 3 of its 4 latent channels,
+        the setting of its published FIDs); None (the default): every channel, the method as written.
     """
 
     clip_x0: Union[float, None, str] = "auto"
     precision: str = "32-true"
     batched: Union[bool, str] = "auto"
+    guided_channels: Optional[int] = None
 
     def __post_init__(self):
         if self.clip_x0 != "auto" and self.clip_x0 is not None and (
@@ -49,12 +53,15 @@ class SamplingSettings:
             raise ValueError(f"precision={self.precision!r} must be one of {list(PRECISIONS)}")
         if self.batched != "auto" and not isinstance(self.batched, bool):
             raise ValueError(f"batched={self.batched!r} must be true, false or 'auto'")
+        k = self.guided_channels
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"sampling.guided_channels={k!r} must be an integer >= 1 or null (every channel)")
 
     def resolve(self, device: torch.device | str, data_range: Optional[float],
                 decode: Optional[Callable[[Tensor], Tensor]] = None) -> dict:
         """The keyword arguments of `sample` for a network on `device` and data in [-data_range, data_range]
         (None: unbounded), whose samples `decode` turns into images (the data module's `decoder`; None: they
-        are the data): {"clip_x0", "batched", "autocast", "decode"}. Clipping unbounded data to a range is
+        are the data): {"clip_x0", "batched", "autocast", "decode", "guided_channels"}. Clipping unbounded data to a range is
         refused: it would distort the samples."""
         if data_range is None and self.clip_x0 not in ("auto", None):
             raise ValueError(f"clip_x0={self.clip_x0!r}, but the data are unbounded, not images in [-1, 1]: clipping "
@@ -62,14 +69,17 @@ class SamplingSettings:
                              "null")
         batched = torch.device(device).type == "cuda" if self.batched == "auto" else self.batched
         clip_x0 = data_range if self.clip_x0 == "auto" else self.clip_x0
-        return {"clip_x0": clip_x0, "batched": batched, "autocast": PRECISIONS[self.precision], "decode": decode}
+        return {"clip_x0": clip_x0, "batched": batched, "autocast": PRECISIONS[self.precision], "decode": decode,
+                "guided_channels": self.guided_channels}
 
 
 def describe_settings(sample_kwargs: dict) -> dict:
     """`SamplingSettings.resolve`'s keyword arguments as JSON for the keys of finished sweep points and generated
-    sets: dtypes by name, a decoder as whether there is one (which one is the checkpoint's, named elsewhere)."""
+    sets: dtypes by name, a decoder as whether there is one (which one is the checkpoint's, named elsewhere),
+    guided_channels only when set."""
     return {k: (v is not None) if k == "decode" else str(v) if isinstance(v, torch.dtype) else v
-            for k, v in sample_kwargs.items()}
+            for k, v in sample_kwargs.items()
+            if (k, v) != ("guided_channels", None)}  # absent when off: points finished before it existed hold
 
 
 def device_of(net: NetFn) -> torch.device:
@@ -82,7 +92,7 @@ def device_of(net: NetFn) -> torch.device:
 
 def step_strengths(guidance: Guidance, w: float, schedule: Schedule, sampler: Sampler) -> list[float]:
     """The guidance strength of each step of `sampler`'s time grid at the point's strength `w`."""
-    ts = time_grid(sampler.steps)[:-1]
+    ts = sampler.grid(schedule)[:-1]
     return [guidance.strength(w, float(t), float(lam)) for t, lam in zip(ts, schedule.log_snr(ts))]
 
 
@@ -115,6 +125,7 @@ def sample(
     guide_net: Optional[NetFn] = None,
     noise: Optional[Tensor] = None,
     decode: Optional[Callable[[Tensor], Tensor]] = None,
+    guided_channels: Optional[int] = None,
 ) -> tuple[Tensor, float]:
     """Samples for `labels` guided by `guidance` at strength `w`, and the network evaluations each sample cost.
 
@@ -126,13 +137,15 @@ def sample(
         device, and for the initial noise x_1 unless `noise` gives it (B, *net.sample_shape) (see `seeded_noise`).
         guide_net: the weaker network of autoguidance (None otherwise). decode: latents -> images in [-1, 1]
         for a latent diffusion model (the data module's `decoder`), applied to the final samples.
+        guided_channels: guide only the first k channels (SamplingSettings).
     Returns float samples (B, *net.sample_shape), decoded images with `decode`, on the labels' device and the
     NFE per sample.
     """
     check_sampling(guidance_range(net), schedule, sampler, guidance, w)
     if noise is None:
         noise = torch.randn((labels.shape[0], *net.sample_shape), generator=generator, device=labels.device)
-    denoiser = GuidedDenoiser(net, schedule, guidance, w, null_label, target, batched, clip_x0, guide_net, autocast)
+    denoiser = GuidedDenoiser(net, schedule, guidance, w, null_label, target, batched, clip_x0, guide_net, autocast,
+                              guided_channels)
     was_training = isinstance(net, nn.Module) and net.training
     if was_training:
         net.eval()

@@ -15,7 +15,19 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["Schedule", "LinearBeta", "Cosine", "PaperLogSNR"]
+__all__ = ["Schedule", "LinearBeta", "Cosine", "PaperLogSNR", "DiscreteLinearBeta", "SPACINGS"]
+
+SPACINGS = ("uniform", "respaced")
+"""How a sampler's N steps are placed in time (`Schedule.time_grid`): uniform in t, or, on a discrete schedule,
+guided-diffusion's respacing (DiT's evaluation protocol)."""
+
+
+def check_grid(steps: int, spacing: str) -> None:
+    """Refuse a step count or spacing no grid has (the sampler's settings), naming the key."""
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps={steps} must be an integer >= 1")
+    if spacing not in SPACINGS:
+        raise ValueError(f"sampler.spacing={spacing!r} must be one of {list(SPACINGS)}")
 
 
 class Schedule:
@@ -49,8 +61,17 @@ class Schedule:
         lam = self.log_snr(t)
         return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
+    def time_grid(self, steps: int, spacing: str = "uniform") -> Tensor:
+        """The times t_0 = 1 > ... > t_steps = 0 a sampler of `steps` steps visits, float64, (steps + 1,):
+        uniform in t ("uniform"; "respaced" is a discrete schedule's)."""
+        check_grid(steps, spacing)
+        if spacing != "uniform":
+            raise ValueError(f"sampler.spacing={spacing!r} needs a discrete schedule (schedule=ddpm_discrete); "
+                             f"{type(self).__name__} is continuous: use 'uniform'")
+        return torch.linspace(1.0, 0.0, int(steps) + 1, dtype=torch.float64)
+
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
 
 
@@ -100,3 +121,81 @@ class PaperLogSNR(Schedule):
         b = math.atan(math.exp(-self.log_snr_max / 2))
         a = math.atan(math.exp(-self.log_snr_min / 2)) - b
         return -2.0 * torch.log(torch.tan(a * t + b))
+
+
+class DiscreteLinearBeta(Schedule):
+    """DDPM's discrete schedule (Ho et al. 2020): T steps, beta_n = linspace(beta_start, beta_end, T), alpha_bar_n =
+    prod_{m <= n} (1 - beta_m), in float64 as DiT's and ADM's code compute it. The schedule of DiT, ADM and
+    diffusers' class-conditional models, whose networks take the step index n in {0, ..., T - 1} as their time.
+
+    Continuous time maps to the index by n = t T - 1: t = 1 is the noisiest step n = T - 1, and t = 0 is n = -1,
+    the clean data (alpha_bar = 1, log-SNR clipped to log_snr_max, 40 by default so that the final step lands on
+    x0 to float32 rounding, as the DDPM and DDIM samplers of ADM, DiT and diffusers do). Between two indices the
+    log-SNR is interpolated linearly; samplers visit only whole indices (`time_grid`).
+
+    The noise levels of EDM-style settings (sigma = sqrt((1 - alpha_bar) / alpha_bar), e.g. a guidance interval)
+    sit at `timestep_of_sigma(sigma)`; every guidance method reads the log-SNR of the step, not t, so such a
+    setting means the same noise levels on every schedule.
+    """
+
+    def __init__(self, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 log_snr_min: float = -20.0, log_snr_max: float = 40.0):
+        super().__init__(log_snr_min, log_snr_max)
+        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 2:
+            raise ValueError(f"schedule.num_steps={num_steps} must be an integer >= 2")
+        if not 0 < beta_start < beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
+        self.num_steps, self.beta_start, self.beta_end = int(num_steps), float(beta_start), float(beta_end)
+        betas = torch.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=torch.float64)
+        alpha_bar = torch.cumprod(1 - betas, dim=0)
+        # log-SNR at n = -1 (clean: the clip's maximum), 0, ..., T - 1
+        self._table = torch.cat([torch.tensor([self.log_snr_max], dtype=torch.float64),
+                                 torch.log(alpha_bar) - torch.log1p(-alpha_bar)])
+        self._tables: dict[str, Tensor] = {}
+
+    def alphas_cumprod(self) -> Tensor:
+        """alpha_bar_n for n = 0 ... T - 1, float64, (T,)."""
+        return torch.sigmoid(self._table[1:])
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """The network's time input n = t T - 1, rounded to the nearest index: samplers visit whole indices only,
+        and the rounding removes the float32 error of t."""
+        return torch.round(torch.as_tensor(t, dtype=torch.float64) * self.num_steps - 1)
+
+    def timestep_of_sigma(self, sigma: float) -> float:
+        """The (fractional) index n whose sqrt((1 - alpha_bar_n) / alpha_bar_n) is `sigma` (EDM's noise level)."""
+        lam = -2 * math.log(sigma)
+        table = self._table[1:]
+        if not float(table[-1]) <= lam <= float(table[0]):
+            raise ValueError(f"sigma={sigma} lies outside this schedule's range "
+                             f"[{math.exp(-float(table[0]) / 2):.4g}, {math.exp(-float(table[-1]) / 2):.4g}]")
+        i = int(torch.searchsorted(-table, torch.tensor(-lam, dtype=torch.float64)))
+        i = min(max(i, 1), len(table) - 1)
+        return i - 1 + float((table[i - 1] - lam) / (table[i - 1] - table[i]))
+
+    def _log_snr(self, t: Tensor) -> Tensor:
+        key = str(t.device)  # a copy of the table on each device asked from: no host round trip per step
+        if key not in self._tables:
+            self._tables[key] = self._table.to(t.device)
+        table = self._tables[key]
+        pos = (t.double() * self.num_steps).clamp(0, self.num_steps)  # n + 1 in [0, T]
+        lo = pos.floor().long().clamp(max=self.num_steps - 1)
+        frac = pos - lo
+        return (table[lo] * (1 - frac) + table[lo + 1] * frac).to(t.dtype)
+
+    def time_grid(self, steps: int, spacing: str = "uniform") -> Tensor:
+        """Whole indices only: "uniform" takes n_i = round(T - i T / N) - 1 (diffusers' "trailing" spacing, exactly
+        uniform in t when N divides T); "respaced" takes guided-diffusion's `space_timesteps(T, [N])`, n_i =
+        round(i (T - 1) / (N - 1)) (DiT's 250-step protocol). Both end at t = 0, the clean data."""
+        check_grid(steps, spacing)
+        steps, T = int(steps), self.num_steps
+        if steps > T:
+            raise ValueError(f"steps={steps} exceeds the schedule's {T} steps")
+        if spacing == "uniform":
+            n = [round(T - i * T / steps) - 1 for i in range(steps)]
+        else:  # as space_timesteps writes it, the stride summed in floats, so the same indices come out
+            stride, cur, n = (T - 1) / (steps - 1) if steps > 1 else 1.0, 0.0, []
+            for _ in range(steps):
+                n.insert(0, round(cur))
+                cur += stride
+        return torch.tensor([(k + 1) / T for k in n] + [0.0], dtype=torch.float64)

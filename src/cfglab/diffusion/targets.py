@@ -8,7 +8,7 @@ classifier-free guidance gives the same sample whichever target the network was 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from torch import Tensor
 
@@ -20,10 +20,13 @@ class Prediction(NamedTuple):
 
     Samplers move x_t along these; for a plain network they satisfy x_t = alpha x0 + sigma eps.
     Guidance methods such as CFG++ deliberately return a pair that does not.
+    v: a network's learned-variance output in [-1, 1] (Nichol & Dhariwal 2021, eq. 15), shaped like x_t, for the
+    learned-range sampler; None for networks without one. Guidance leaves it the conditional prediction's.
     """
 
     x0: Tensor
     eps: Tensor
+    v: Optional[Tensor] = None
 
 
 def check_target(target: str) -> str:

@@ -6,7 +6,8 @@ The class embedding has num_classes + 1 rows: row `num_classes` is the learned n
 guidance. Labels are dropped by the LightningModule (cfglab.lightning.module.drop_labels), never here: a network
 that drops labels in train mode by itself (as diffusers' DiTTransformer2DModel does, independently in every
 block) trains another p_uncond than the configured one. The output is the eps or v prediction, shaped like the
-input (no learned variance: cfglab trains the simple MSE loss, DiT's L_simple).
+input: cfglab trains the simple MSE loss, DiT's L_simple. Built with `learned_variance` (the published weights'
+form, cfglab.published.dit) it returns twice the channels: the prediction, then DiT's variance output.
 """
 
 from __future__ import annotations
@@ -73,12 +74,13 @@ class MLP(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, scale: float):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(FREQUENCY_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.scale = scale
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, FREQUENCY_DIM))
+        return self.mlp(timestep_embedding(t, FREQUENCY_DIM, scale=self.scale))
 
 
 class FinalLayer(nn.Module):
@@ -118,7 +120,9 @@ class DiT(DiffusionNet):
     network for tests: variant=None and all four given). image_size (H = W) must be divisible by the patch size.
     grad_checkpointing: recompute each block's activations in the backward pass instead of storing them (less
     memory, about a third more compute). guidance_range: [w_min, w_max] of a guidance-distilled student, which
-    takes w (B,) as a fourth input; None: the joint model.
+    takes w (B,) as a fourth input; None: the joint model. learned_variance: 2C output channels (published DiT
+    weights). timestep_scale: what t is multiplied by before the sinusoids: 1000 for cfglab's t in [0, 1], 1 for
+    published weights, which take DDPM's step index n.
     """
 
     def __init__(
@@ -134,6 +138,8 @@ class DiT(DiffusionNet):
         mlp_ratio: float = 4.0,
         grad_checkpointing: bool = False,
         guidance_range: Optional[Sequence[float]] = None,
+        learned_variance: bool = False,
+        timestep_scale: float = 1000.0,
     ):
         super().__init__()
         preset = parse_variant(variant) if variant is not None else (None,) * 4
@@ -152,18 +158,19 @@ class DiT(DiffusionNet):
             raise ValueError(f"num_classes={num_classes} must be >= 1")
         self.image_size, self.in_channels, self.num_classes = image_size, in_channels, num_classes
         self.patch_size, self.grad_checkpointing = patch_size, bool(grad_checkpointing)
+        self.learned_variance, self.out_channels = bool(learned_variance), in_channels * (2 if learned_variance else 1)
         self.sample_shape = (in_channels, image_size, image_size)
         grid = image_size // patch_size
         # Module names are those of DiT's reference code, so its published weights load by name.
         self.x_embedder = nn.Module()
         self.x_embedder.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
         self.register_buffer("pos_embed", sincos_pos_embed(hidden_size, grid)[None], persistent=False)
-        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size, float(timestep_scale))
         self.y_embedder = nn.Module()
         self.y_embedder.embedding_table = nn.Embedding(num_classes + 1, hidden_size)  # last row: the null label
         self.guidance_emb = GuidanceEmbedding(hidden_size, guidance_range) if guidance_range is not None else None
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
-        self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * in_channels)
+        self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * self.out_channels)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -194,7 +201,7 @@ class DiT(DiffusionNet):
     def unpatchify(self, tokens: Tensor) -> Tensor:
         """(B, T, p * p * C) -> (B, C, H, W)."""
         b, n, _ = tokens.shape
-        p, c, g = self.patch_size, self.in_channels, math.isqrt(n)
+        p, c, g = self.patch_size, self.out_channels, math.isqrt(n)
         return tokens.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor, w: Optional[Tensor] = None) -> Tensor:

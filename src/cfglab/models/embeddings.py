@@ -11,11 +11,12 @@ import torch
 from torch import Tensor, nn
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 to the range of discrete DDPM steps): (B,) -> (B, dim)."""
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0, scale: float = 1000.0) -> Tensor:
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 to the range of discrete DDPM steps; a network that
+    takes the step index itself uses scale 1): (B,) -> (B, dim)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float()[:, None] * freqs[None]
+    args = (t.float() if scale == 1 else scale * t.float())[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
