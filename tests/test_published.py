@@ -140,10 +140,6 @@ def scheduler_loop(model_fn, scheduler, steps, shape, labels, scale, generator, 
     return x
 
 
-def respaced_loop(model_fn, scheduler, timesteps, shape, labels, scale, generator, null):
-    return scheduler_loop(model_fn, scheduler, None, shape, labels, scale, generator, null, timesteps)
-
-
 def test_dits_protocol_learned_range_ddpm_on_respaced_steps_equals_diffusers_ddpmscheduler(dit):
     folder, _, tr = dit
     model = PublishedDiT(str(folder))
@@ -153,9 +149,9 @@ def test_dits_protocol_learned_range_ddpm_on_respaced_steps_equals_diffusers_ddp
     n = model.schedule().timestep(sampler.grid(model.schedule())[:-1]).long().tolist()
     assert n == [999, 832, 666, 500, 333, 166, 0]  # space_timesteps(1000, [7]): round(k * 166.5), halves to even
     with torch.no_grad():
-        theirs = respaced_loop(lambda x, t, y: tr(x, t, class_labels=y).sample,
-                               diffusers.DDPMScheduler(variance_type="learned_range", clip_sample=False), n,
-                               (2, 4, 8, 8), torch.tensor(LABELS), scale, torch.Generator().manual_seed(5), 1000)
+        theirs = scheduler_loop(lambda x, t, y: tr(x, t, class_labels=y).sample,
+                                diffusers.DDPMScheduler(variance_type="learned_range", clip_sample=False), None,
+                                (2, 4, 8, 8), torch.tensor(LABELS), scale, torch.Generator().manual_seed(5), 1000, n)
     g = torch.Generator().manual_seed(5)
     noise = torch.randn((2, 4, 8, 8), generator=g)
     ours, _ = sample(sampler=sampler, guidance=Guidance(), labels=torch.tensor(LABELS), w=scale - 1, noise=noise,
@@ -209,6 +205,12 @@ def test_three_of_four_channels_guided_as_dits_forward_with_cfg(dit):
     assert torch.allclose(three.eps, expected, atol=1e-5)
     assert torch.allclose(three.eps[:, :3], full.eps[:, :3]) and not torch.allclose(three.eps[:, 3], full.eps[:, 3])
     assert torch.allclose(three.v, out[:2, 4:], atol=1e-6)
+    with pytest.raises(ValueError, match="sampling.guided_channels=4 must be below the model's 4 channels"):
+        GuidedDenoiser(**kw, guided_channels=4)
+    module.net.guidance_range = (0.0, 4.0)  # as a guidance-distilled network: one prediction, guided everywhere
+    with pytest.raises(ValueError, match="sampling.guided_channels=3: a guidance-distilled network"):
+        GuidedDenoiser(**kw, guided_channels=3)
+    del module.net.guidance_range
 
 
 def tiny_unet(path, seed=0, out_channels=6):
@@ -339,6 +341,7 @@ def test_evaluate_multirun_over_guidance_methods_on_a_unet2dmodel_folder_then_ag
     ("generate", ["ckpt_path=x.ckpt"], ["ckpt_path", "give one model"]),
     ("generate", ["published.path=/nonexistent/DiT.pt"], ["published.path='/nonexistent/DiT.pt' does not exist"]),
     ("generate", ["published.vae=null"], ["published.vae=null", "without a VAE"]),
+    ("generate", ["sampling.guided_channels=4"], ["sampling.guided_channels=4 must be below the model's 4 channels"]),
 ])
 def test_bad_published_model_configs_are_refused_before_anything_runs(dit, tmp_path, job, overrides, expected):
     folder, official, _ = dit
@@ -360,6 +363,8 @@ def test_no_model_and_a_learned_variance_sampler_for_a_model_without_one_are_ref
         check_train_config(cfg)
     assert "sampler.spacing='respaced' needs a discrete schedule" in str(err.value)
     assert "sampler=ddpm_learned needs a network with a learned variance" in str(err.value)
+    with pytest.raises(ConfigError, match="sampling.guided_channels=1 must be below the model's 1 channels"):
+        check_train_config(composed("config", ["sampling.guided_channels=1"], tmp_path / "t1"))
     cfg = composed("config", ["sampler=ddpm", "sampler.spacing=respaced", "schedule=ddpm_discrete"], tmp_path / "t2")
     check_train_config(cfg)  # DDPM on DiT's respaced steps of the discrete schedule: a cfglab model may
 

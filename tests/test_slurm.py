@@ -2,6 +2,7 @@
 localhost by scripts/slurm-up.sh, with hydra/launcher=slurm_cpu (submitit)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,10 @@ def test_multirun_of_ddp_jobs_survives_preemption_and_aggregates(slurm, tmp_path
     assert "stopped by SIGUSR2 after step" in log0 and "Requeued job" in log0
     assert "Restoring states from the checkpoint path" in log0
     assert "MEMBER: 2/2" in log0  # rank 1 of a world of 2, from SLURM's variables
+    # Only the rerun leaves results: one from the stopped run could be read as the job's before the rerun's
+    for rank in (0, 1):
+        out_log = next(sweep_dir.glob(f".submitit/*_0/*_0_{rank}_log.out")).read_text()
+        assert len(re.findall(r"^submitit INFO .* Job completed successfully", out_log, re.M)) == 1, out_log
     assert "Requeued" not in logs(sweep_dir, 1)
     for i in (0, 1):
         assert torch.load(sweep_dir / str(i) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 400

@@ -90,9 +90,10 @@ def digits_classifier():
 
 
 @pytest.mark.slow
-def test_default_job_samples_follow_their_labels(tmp_path):
-    """Default `python train.py`: a classifier fitted on real digits recognises guided samples' classes."""
-    run_train(tmp_path)
+def test_default_training_samples_follow_their_labels(tmp_path):
+    """Default `python train.py` training (its end-of-fit sweep left to the smaller runs here): a classifier
+    fitted on real digits recognises guided samples' classes."""
+    run_train(tmp_path, "~callbacks.sweep")
     _, module = Checkpoint.open(tmp_path / "checkpoints" / "last.ckpt").module()
     clf = digits_classifier()
     labels = torch.arange(10).repeat_interleave(50)

@@ -158,6 +158,11 @@ class Checkpoint:
         w_range = self.config["model"].get("guidance_range")
         return None if w_range is None else tuple(float(w) for w in w_range)
 
+    @property
+    def in_channels(self) -> Optional[int]:
+        """The channels of what the network takes (images', or latents'); None for points."""
+        return self.config["model"].get("in_channels")
+
     def schedule(self):
         return instantiate(self.config["schedule"])
 

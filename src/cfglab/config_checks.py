@@ -35,7 +35,7 @@ from cfglab.config_nodes import (config_dir, declared_paths, job_keys, node_prob
                                  unknown_overrides)
 from cfglab.data.loader import check_batch_size
 from cfglab.devices import resolve_device
-from cfglab.diffusion.denoiser import learned_variance
+from cfglab.diffusion.denoiser import check_guided_channels, learned_variance
 from cfglab.diffusion.sampling import check_sampling
 from cfglab.lightning.trainer import check_trainer_args, world_size
 from cfglab.loggers import find_secrets
@@ -129,7 +129,8 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_metrics(cfg.metrics, data, p)
     kind = None if stand_ins or module is None else model_kind(module.num_classes, module.target, module.schedule)
     _check_sampling(cfg, p, data, None if net is None else net.guidance_range, schedule, kind,
-                    {"sweep.ws": "sweep", "grids.ws": "grids"}, None if net is None else learned_variance(net))
+                    {"sweep.ws": "sweep", "grids.ws": "grids"}, None if net is None else learned_variance(net),
+                    None if net is None else net.sample_shape[0])
     for name, node in (cfg.callbacks or {}).items():
         if node is not None and not _depends_on_reported(node, p):
             p.build(f"callbacks.{name}", lambda node=node: instantiate(node))
@@ -239,17 +240,19 @@ def _checkpoint_job_problems(cfg: DictConfig, job: str, grids: dict[str, Optiona
             p.build("data", data.num_train_items)
     p.build("device", lambda: resolve_device(cfg.device))
     _check_sampling(cfg, p, data, ckpt.guidance_range if ckpt else None, ckpt.schedule() if ckpt else None,
-                    ckpt.kind if ckpt else None, grids, ckpt.learned_variance if ckpt else None)
+                    ckpt.kind if ckpt else None, grids, ckpt.learned_variance if ckpt else None,
+                    ckpt.in_channels if ckpt else None)
     return p, ckpt, data
 
 
 def _check_sampling(cfg: DictConfig, p: _Problems, data, guidance_range, schedule, kind: Optional[dict],
-                    grids: dict[str, Optional[str]], variance: Optional[bool] = None) -> None:
+                    grids: dict[str, Optional[str]], variance: Optional[bool] = None,
+                    channels: Optional[int] = None) -> None:
     """The groups every sampling job has (sampler, guidance, sampling) and its guidance grids: `grids` maps the key
     of each list of strengths (sweep.ws) to the settings node that holds it (sweep; None: top level). `data`: the
     data module sampled (None if unknown); `guidance_range` and `schedule`: the model's (None if unknown);
     `kind`: the model's `model_kind`, which autoguidance's guide must share (None if unknown); `variance`: whether
-    its network has a learned variance (None if unknown)."""
+    its network has a learned variance and `channels` the channels it takes (None if unknown)."""
     sampler = p.build("sampler", lambda: instantiate(cfg.sampler))
     if sampler is not None and schedule is not None:  # a spacing the schedule has (respaced: discrete ones)
         p.build("", lambda: sampler.grid(schedule))
@@ -259,6 +262,8 @@ def _check_sampling(cfg: DictConfig, p: _Problems, data, guidance_range, schedul
     sampling = p.build("sampling", lambda: instantiate(cfg.sampling))
     if sampling is not None and data is not None:
         p.build("sampling", lambda: sampling.resolve("cpu", data.data_range))
+    if sampling is not None:
+        p.build("", lambda: check_guided_channels(sampling.guided_channels, channels, guidance_range is not None))
     for key, node in grids.items():
         ws = OmegaConf.select(cfg, key)
         for index, message in ws_problems(ws, allow_empty=node == "grids"):

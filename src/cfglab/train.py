@@ -18,7 +18,7 @@ from cfglab.config_checks import check_train_config
 from cfglab.grids import guided_grids
 from cfglab.lightning.checkpoint_io import AtomicCheckpointIO
 from cfglab.lightning.guidance_sweep import GuidanceSweep
-from cfglab.lightning.preemption import stop_signal
+from cfglab.lightning.preemption import hand_over, stop_signal
 from cfglab.lightning.trainer import build_trainer
 from cfglab.loggers import finish_wandb, training_run_identity
 from cfglab.stamp import run_stamp, write_stamp
@@ -47,6 +47,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
         lg.log_hyperparams({**config, "stamp": stamp})
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
+    hand_over(trainer)
     stopped_by = stop_signal(trainer)
     paths = []
     if trainer.is_global_zero and not stopped_by:

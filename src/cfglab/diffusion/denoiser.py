@@ -32,6 +32,19 @@ def guidance_range(net: NetFn) -> Optional[tuple[float, float]]:
     return getattr(net, "guidance_range", None)
 
 
+def check_guided_channels(k: Optional[int], channels: Optional[int], distilled: bool) -> None:
+    """Refuse a `guided_channels` that would be ignored: guiding k of a model's `channels` needs k below them
+    (null guides all) and two predictions to combine, which a guidance-distilled network does not make."""
+    if k is None:
+        return
+    if distilled:
+        raise ValueError(f"sampling.guided_channels={k}: a guidance-distilled network makes one prediction, already "
+                         "guided in every channel; use null")
+    if channels is not None and k >= channels:
+        raise ValueError(f"sampling.guided_channels={k} must be below the model's {channels} channels (null guides "
+                         "every channel)")
+
+
 def learned_variance(net: NetFn) -> bool:
     """Whether the network's output holds a learned variance after its prediction (2C channels for C: DiT, ADM)."""
     return bool(getattr(net, "learned_variance", False))
@@ -100,6 +113,7 @@ class GuidedDenoiser:
         self.net, self.schedule, self.guidance, self.guide_net = net, schedule, guidance, guide_net
         self.guided_channels = guided_channels
         self.w, self.autocast, self.distilled = float(w), autocast, guidance_range(net) is not None
+        check_guided_channels(guided_channels, getattr(net, "sample_shape", (None,))[0], self.distilled)
         self.null_label, self.target, self.batched = int(null_label), check_target(target), bool(batched)
         if clip_x0 is not None and not clip_x0 > 0:
             raise ValueError(f"clip_x0={clip_x0} must be > 0 or None")

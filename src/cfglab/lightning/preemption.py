@@ -22,15 +22,16 @@ class Preemption(L.Callback):
     train.py exits with status 128 + signal number, as a process ended by that signal would.
 
     Requeueing is left to exactly one mechanism outside: when the signal had a handler of its own before
-    training (submitit's USR2 handler, which requeues the job and exits), that handler is called once the
-    checkpoint is written; Lightning's SLURM auto-requeue is switched off by train(). Without such a handler
-    train.py exits as described above and the scheduler (or the user) reruns it.
+    training (submitit's USR2 handler, which requeues the job and exits), `hand_over` calls it after fit has
+    returned; Lightning's SLURM auto-requeue is switched off by train(). Without such a handler train.py exits
+    as described above and the scheduler (or the user) reruns it.
     """
 
     def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")):
         self.signals = [getattr(signal, name) if isinstance(name, str) else signal.Signals(name) for name in signals]
         self.received: signal.Signals | None = None
         self.checkpoint: Path | None = None
+        self.handler = None  # the stop signal's own handler before training, for `hand_over`
         self._previous: dict = {}
 
     def on_train_start(self, trainer, pl_module):
@@ -56,7 +57,7 @@ class Preemption(L.Callback):
             signal.signal(s, handler)
         handler = previous.get(self.received)
         if self.checkpoint is not None and callable(handler) and not _is_lightnings(handler):
-            handler(self.received, None)  # e.g. submitit: requeue this job, which resumes from the checkpoint
+            self.handler = handler
 
 
 def _is_lightnings(handler) -> bool:
@@ -77,3 +78,13 @@ def stop_signal(trainer: L.Trainer) -> signal.Signals | None:
         if isinstance(cb, Preemption) and cb.checkpoint is not None:
             return cb.received or signal.SIGTERM  # the signal reached another rank only
     return None
+
+
+def hand_over(trainer: L.Trainer) -> None:
+    """Call the stop signal's handler of before training (submitit's: requeue this job, which resumes from the
+    checkpoint, and exit) after fit has returned. Inside a Lightning hook, its exit would run Lightning's
+    exception path, whose collectives fail once the requeue stops the other ranks: the job would record that
+    error as its result, which the multirun could read in place of the rerun's."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, Preemption) and cb.handler is not None:
+            cb.handler(cb.received, None)
