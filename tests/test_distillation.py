@@ -250,6 +250,7 @@ def test_distill_py_chains_rounds_passes_a_stop_signal_on_and_resumes_skipping_f
     (["model.guidance_range=[2,1]"], ["model", "guidance_range=[2, 1] must be [w_min, w_max]"]),
     (["sweep.ws=[0,5]"], ["sweep.ws", "w=5", "outside [0, 4]"]),
     (["guidance=rescale"], ["sweep.ws", "CFGRescale cannot be sampled from a guidance-distilled network"]),
+    (["weighting=min_snr"], ["module", "weighting=MinSNR(gamma=5.0): guidance distillation trains on"]),
 ])
 def test_bad_distillation_configs_are_refused(teacher, overrides, expected, tmp_path):
     args = [a for a in distill_args(teacher, tmp_path) if a.split("=")[0] not in {o.split("=")[0] for o in overrides}]

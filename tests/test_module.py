@@ -6,7 +6,8 @@ import torch
 
 from cfglab.data.digits import DigitsDataModule
 from cfglab.images import to_model_range
-from cfglab.lightning.module import drop_labels, stratified_times
+from cfglab.diffusion.weighting import stratified_times
+from cfglab.lightning.module import drop_labels
 from helpers import sample_module, small_module
 
 

@@ -30,7 +30,10 @@ def build(cfg: DictConfig):
     """(data module, LightningModule); `module.build_config` is what its checkpoints store to rebuild it."""
     datamodule = instantiate(cfg.data)
     net = build_net(cfg.model, datamodule)
-    module = instantiate(cfg.module, net=net, schedule=instantiate(cfg.schedule), num_classes=datamodule.num_classes)
+    # A checkpoint's build config has no weighting: sampling needs no training loss.
+    weighting = instantiate(cfg.weighting) if "weighting" in cfg else None
+    module = instantiate(cfg.module, net=net, schedule=instantiate(cfg.schedule), num_classes=datamodule.num_classes,
+                         weighting=weighting)
     config = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in BUILD_KEYS}
     config["model"] |= data_shape(datamodule)
     module.build_config = config

@@ -122,10 +122,13 @@ def check_train_config(cfg: DictConfig) -> None:
     # except for a distillation module, which compares them with its teacher's.
     stand_ins = net is None or schedule is None or data is None
     module = None
-    if not _depends_on_reported(cfg.module, p) and not (stand_ins and "teacher_ckpt" in cfg.module):
+    weighting = p.build("weighting", lambda: instantiate(cfg.weighting))
+    if not _depends_on_reported(cfg.module, p) and not (stand_ins and "teacher_ckpt" in cfg.module) and (
+            weighting is not None):
         module = p.build("module", lambda: instantiate(cfg.module, net=net or torch.nn.Identity(),
                                                        schedule=schedule or Cosine(),
-                                                       num_classes=data.num_classes if data is not None else 1))
+                                                       num_classes=data.num_classes if data is not None else 1,
+                                                       weighting=weighting))
     _check_metrics(cfg.metrics, data, p)
     kind = None if stand_ins or module is None else model_kind(module.num_classes, module.target, module.schedule)
     _check_sampling(cfg, p, data, None if net is None else net.guidance_range, schedule, kind,

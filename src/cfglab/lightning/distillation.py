@@ -28,7 +28,8 @@ from cfglab.diffusion.samplers import time_grid
 from cfglab.diffusion.sampling import SamplingSettings
 from cfglab.diffusion.schedules import Schedule
 from cfglab.diffusion.targets import broadcast, to_prediction, training_target
-from cfglab.lightning.module import CFGDiffusion, stratified_times
+from cfglab.diffusion.weighting import Uniform, stratified_times
+from cfglab.lightning.module import CFGDiffusion
 from cfglab.models.student import TEACHER_ADVICE
 
 
@@ -54,6 +55,9 @@ class _Distillation(CFGDiffusion):
         if net.guidance_range is None:
             raise ValueError("the student network has no w input: use model=student with model.guidance_range")
         super().__init__(net, schedule, num_classes, target, **kwargs)
+        if type(self.weighting) is not Uniform:  # the distillation losses below weight their own terms
+            raise ValueError(f"weighting={self.weighting!r}: guidance distillation trains on the teacher's outputs "
+                             "with its own loss; use weighting=uniform")
         # A frozen copy outside the module's parameters: not trained, averaged or checkpointed with the student, and
         # the process's Checkpoint keeps its own module as it was.
         self.__dict__["teacher"] = copy.deepcopy(teacher.net).requires_grad_(False).eval()

@@ -13,20 +13,13 @@ from torch import Tensor, nn
 from cfglab.checkpoints import write_fields
 from cfglab.diffusion.schedules import Schedule
 from cfglab.diffusion.targets import broadcast, check_target, training_target
+from cfglab.diffusion.weighting import Uniform, Weighting
 
 
 def drop_labels(labels: Tensor, p_uncond: float, null_label: int, generator: Optional[torch.Generator] = None) -> Tensor:
     """Replace each label by `null_label` independently with probability p_uncond (Ho & Salimans 2022, Alg. 1)."""
     drop = torch.rand(labels.shape, generator=generator, device=labels.device) < p_uncond
     return torch.where(drop, torch.full_like(labels, null_label), labels)
-
-
-def stratified_times(batch: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
-    """t in [0, 1), one uniform draw per stratum [i/B, (i+1)/B) in random order: lower-variance loss estimates
-    than i.i.d. uniform t (the low-discrepancy sampler of Kingma et al. 2021, appendix I.1)."""
-    u = torch.rand((), generator=generator, device=device)
-    t = (u + torch.arange(batch, device=device) / batch) % 1.0
-    return t[torch.randperm(batch, generator=generator, device=device)]
 
 
 class CFGDiffusion(L.LightningModule):
@@ -36,7 +29,8 @@ class CFGDiffusion(L.LightningModule):
     num_classes is the null label. p_uncond: probability that a training label is dropped (paper: 0.1 or 0.2).
     seed: seeds the training noise of each batch (see `step_generator`). Training precision is the trainer's
     `precision`. compile: torch.compile the network in place at setup (state_dict keys unchanged); see
-    BENCHMARKS.md. Sampling is `cfglab.diffusion.sampling.sample` over `sampling_args()`; how it samples
+    BENCHMARKS.md. weighting: the training times and the weight of each example's loss
+    (cfglab.diffusion.weighting; the `weighting` config group), Ho et al.'s simple loss by default. Sampling is `cfglab.diffusion.sampling.sample` over `sampling_args()`; how it samples
     (clipping, precision, batching) is the `sampling` config group, not the model's.
     """
 
@@ -53,6 +47,7 @@ class CFGDiffusion(L.LightningModule):
         warmup_steps: int = 200,
         seed: int = 0,
         compile: bool = False,
+        weighting: Optional[Weighting] = None,
     ):
         super().__init__()
         if not 0 <= p_uncond <= 1:
@@ -65,6 +60,7 @@ class CFGDiffusion(L.LightningModule):
         self.num_classes, self.target, self.p_uncond = int(num_classes), check_target(target), float(p_uncond)
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), int(warmup_steps)
         self.seed, self.compile_net = int(seed), bool(compile)
+        self.weighting = Uniform() if weighting is None else weighting
         self.build_config: Optional[dict] = None  # the config groups that rebuild this module (see cfglab.checkpoints)
         self.run_identity: Optional[dict] = None  # the training run's name and group (cfglab.loggers)
 
@@ -77,12 +73,18 @@ class CFGDiffusion(L.LightningModule):
         return self.num_classes
 
     def loss(self, x0: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Mean squared error on the prediction target at random t, labels used as given."""
-        t = stratified_times(x0.shape[0], generator, x0.device)
+        """Squared error on the prediction target at the weighting's times, weighted per example; labels used
+        as given."""
+        t = self.weighting.times(x0.shape[0], self.schedule, generator, x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         alpha, sigma = self.schedule.alpha_sigma(t)
         xt = broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
-        return F.mse_loss(self.net(xt, t, labels), training_target(x0, eps, alpha, sigma, self.target))
+        out, target = self.net(xt, t, labels), training_target(x0, eps, alpha, sigma, self.target)
+        weight = self.weighting.weight(t, self.schedule, self.target)
+        if weight is None:
+            return F.mse_loss(out, target)
+        per_example = F.mse_loss(out, target, reduction="none").flatten(1).mean(1)
+        return (weight.to(per_example.dtype) * per_example).mean()
 
     def step_generator(self, batch_idx: int, device) -> Optional[torch.Generator]:
         """The generator for one training batch's label drops, times and noise, seeded by (seed, rank, batch
