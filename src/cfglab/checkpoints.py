@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from cfglab.build import build
 
 CONFIG, RUN, DISTILLATION = "cfglab_config", "cfglab_run", "cfglab_distillation"
+PHEMA = "cfglab_phema"  # a post-hoc EMA checkpoint's sigma_rel, step, snapshot count and coefficients
 
 SAMPLE_ADVICE = "point ckpt_path at another checkpoint (e.g. an earlier one of the same run)"
 GUIDE_ADVICE = "point guidance.guide_ckpt at another checkpoint"
@@ -200,7 +201,7 @@ class Checkpoint:
             else:
                 module.load_state_dict(self.contents["state_dict"])
                 # The weights now live in the module; optimizer and loop states serve no sampling job.
-                keep = (CONFIG, RUN, DISTILLATION, data_state)
+                keep = (CONFIG, RUN, DISTILLATION, PHEMA, data_state)
                 self.contents = {k: v for k, v in self.contents.items() if k in keep}
             module.checkpoint_step = self.step
             self._built[tag] = (datamodule, module.eval())
