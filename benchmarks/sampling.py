@@ -34,7 +34,8 @@ VARIANTS = [  # (name, guidance, w, batched 2B forward)
     ("cfg++ lambda=0.6", CFGPlusPlus(), 0.6, True),
     ("unguided (w=0)", CFG(), 0.0, True),
 ]
-SAMPLERS = [DDIM(steps=50), DPMSolverPP2M(steps=20), DDPM(steps=250), Paper(steps=256)]
+SAMPLERS = {"ddim": DDIM(steps=50), "dpmpp_2m": DPMSolverPP2M(steps=20), "ddpm": DDPM(steps=250),
+            "paper": Paper(steps=256)}
 
 
 def trained_module(ckpt: str | None, steps: int, device: str):
@@ -77,18 +78,19 @@ def main():
     ap.add_argument("--ckpt", default=None)
     ap.add_argument("--samples", type=int, default=200, help="samples per cell (times are scaled to 1,000)")
     ap.add_argument("--train-steps", type=int, default=1500)
+    ap.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS))
     add_device_argument(ap)
     args = ap.parse_args()
     torch.manual_seed(0)
     dm, module = trained_module(args.ckpt, args.train_steps, args.device)
     rows = []
     print(f"{'sampler':<28}{'guidance':<28}{'NFE/sample':>11}{'NFE/step':>9}{'s/1k samples':>14}{'vs baseline':>12}")
-    for sampler in SAMPLERS:
+    for sampler in (SAMPLERS[name] for name in args.samplers):
         base = None
         for name, guidance, w, batched in VARIANTS:
             if guidance.renoise_with_uncond and not sampler.uses_eps:
                 continue
-            measure(module, dm.data_range, sampler, guidance, w, batched, 10)  # warm-up
+            measure(module, dm.data_range, sampler, guidance, w, batched, min(10, args.samples))  # warm-up
             nfe, sec = measure(module, dm.data_range, sampler, guidance, w, batched, args.samples)
             base = sec if base is None else base
             row = {"sampler": repr(sampler), "guidance": name, "nfe_per_sample": nfe, "nfe_per_step": nfe / sampler.steps,

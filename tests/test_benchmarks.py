@@ -35,7 +35,7 @@ def test_sweep_cost_and_sampling_benchmarks_on_a_small_checkpoint(tmp_path):
     for row in (r for r in interval.values() if isinstance(r, dict)):
         assert list(row["fid"]) == ["0.5", "1.0"] and row["best_fid"] == min(row["fid"].values()) > 0
 
-    rows = run_json(["benchmarks/sampling.py", "--ckpt", ckpt, "--samples", 4], env)["rows"]
+    rows = run_json(["benchmarks/sampling.py", "--ckpt", ckpt, "--samples", 4, "--samplers", "dpmpp_2m"], env)["rows"]
     per_step = {(r["sampler"], r["guidance"]): r["nfe_per_step"] for r in rows}
     dpm = "DPMSolverPP2M(steps=20)"
     assert per_step[(dpm, "cfg, 2 passes (baseline)")] == per_step[(dpm, "cfg, batched 2B")] == 2.0
@@ -85,16 +85,16 @@ def dit_forward_flops(tokens, hidden, depth, patch, channels=4, freq=256):
 
 
 def test_dit_throughput_benchmark_compares_with_diffusers_and_counts_model_flops(tmp_path):
+    # eager rows only: compiling on a CPU takes minutes (tests/test_dit.py checks the compiled DiT's output)
     report = run_json(["benchmarks/dit_throughput.py", "--tiny", "--latent-size", 8, "--batch", 4, "--steps", 2,
-                       "--warmup", 1, "--sample-batch", 2, "--sample-repeats", 1], {**os.environ})
+                       "--warmup", 1, "--sample-batch", 2, "--sample-repeats", 1, "--no-compile"], {**os.environ})
     rows = report["rows"]
-    assert [(r["impl"], r["compile"]) for r in rows] == [("diffusers", False), ("cfglab", False),
-                                                        ("diffusers", True), ("cfglab", True)]
+    assert [(r["impl"], r["compile"]) for r in rows] == [("diffusers", False), ("cfglab", False)]
     assert all(r["img_per_s"] > 0 and r["mfu"] is None for r in rows)  # no bf16 peak known for a CPU
     # A training step is a forward and a backward (2 forwards' worth of matmuls): 3 forwards in all, at batch 4.
     expected = 3 * 4 * dit_forward_flops(tokens=16, hidden=64, depth=2, patch=2)
     assert abs(rows[0]["step_tflop"] * 1e12 / expected - 1) < 0.02
-    assert {"compile=False", "compile=True"} <= set(report["sampling"])
+    assert "compile=False" in report["sampling"] and "compile=True" not in report["sampling"]
     assert 0 < report["sampling"]["compile=False"]["decode_share"] < 1
 
 

@@ -90,10 +90,11 @@ def digits_classifier():
 
 
 @pytest.mark.slow
-def test_default_training_samples_follow_their_labels(tmp_path):
-    """Default `python train.py` training (its end-of-fit sweep left to the smaller runs here): a classifier
-    fitted on real digits recognises guided samples' classes."""
-    run_train(tmp_path, "~callbacks.sweep")
+def test_default_recipe_samples_follow_their_labels(tmp_path):
+    """`python train.py`'s recipe for 600 of its 3,000 steps (measured: class accuracy 0.92 unguided, 1.0 at
+    w = 3), its end-of-fit sweep left to the smaller runs here: a classifier fitted on real digits recognises
+    guided samples' classes, better with guidance."""
+    run_train(tmp_path, "~callbacks.sweep", "trainer.max_steps=600")
     _, module = Checkpoint.open(tmp_path / "checkpoints" / "last.ckpt").module()
     clf = digits_classifier()
     labels = torch.arange(10).repeat_interleave(50)
