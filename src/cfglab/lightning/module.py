@@ -30,8 +30,9 @@ class CFGDiffusion(L.LightningModule):
     seed: seeds the training noise of each batch (see `step_generator`). Training precision is the trainer's
     `precision`. compile: torch.compile the network in place at setup (state_dict keys unchanged); see
     BENCHMARKS.md. weighting: the training times and the weight of each example's loss
-    (cfglab.diffusion.weighting; the `weighting` config group), Ho et al.'s simple loss by default. Sampling is `cfglab.diffusion.sampling.sample` over `sampling_args()`; how it samples
-    (clipping, precision, batching) is the `sampling` config group, not the model's.
+    (cfglab.diffusion.weighting; the `weighting` config group), Ho et al.'s simple loss by default. Sampling is
+    `cfglab.diffusion.sampling.sample` over `sampling_args()`; how it samples (clipping, precision, batching) is
+    the `sampling` config group, not the model's.
     """
 
     def __init__(
