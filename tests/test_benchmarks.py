@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -104,3 +105,11 @@ def test_published_dit_benchmark_times_both_layouts_against_ditpipeline():
     rows = ["DiTPipeline", "cfglab official fp32", "cfglab diffusers fp32", "cfglab official bf16"]
     assert list(report["seconds_per_1000"]) == rows and all(v > 0 for v in report["seconds_per_1000"].values())
     assert report["speedup_vs_ditpipeline"]["DiTPipeline"] == 1.0
+
+
+def test_phema_overhead_benchmark_times_both_arms_alternately(tmp_path):
+    report = run_json(["benchmarks/phema_overhead.py", "--steps", 3, "--warmup", 1, "--batch", 8, "--repeats", 2,
+                       "--snapshot-every", 2], {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")})
+    times = report["seconds_per_step"]
+    assert len(times["baseline"]) == len(times["tracks"]) == 2 and all(t > 0 for t in times["baseline"] + times["tracks"])
+    assert report["ratio"] == pytest.approx(statistics.median(times["tracks"]) / statistics.median(times["baseline"]))

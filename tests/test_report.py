@@ -105,3 +105,38 @@ def test_aggregate_py_writes_the_report_for_a_single_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = (tmp_path / "1" / "report.html").read_text()
     assert page.count('<img class="grid"') == len(WS) and "<h3>1</h3>" in page
+
+
+def fake_ema_sweep(run):
+    """evaluate.py's record of a sweep over EMA lengths: the best length shortens as w grows (0.1 at w = 0,
+    0.05 from w = 1), the best pair is (0.05, 1)."""
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("sigma_rels: [null, 0.05, 0.1]\n")
+    points = []
+    for sigma_rel, best_w in ((None, 0.7), (0.05, 1.0), (0.1, 0.0)):
+        for w in WS:
+            fid = 20 + 8 * (w - best_w) ** 2 + (sigma_rel or 0.2) * 10
+            points.append({"w": w, "step": 500, "sigma_rel": sigma_rel, "fid": fid, "is": 5 + w, "precision": 0.5,
+                           "recall": 0.6, "nfe": 40.0})
+    (run / "sweep.json").write_text(json.dumps({"points": points}))
+    return points
+
+
+def test_report_of_an_ema_sweep_has_the_heat_map_one_curve_per_length_and_the_best_pair(tmp_path):
+    points = fake_ema_sweep(tmp_path / "eval")
+    aggregate(tmp_path / "eval", wandb_mode="off")
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert page.count('<img class="plot"') == 5 and 'alt="FID over (sigma_rel, w), eval' in page
+    assert "best: sigma_rel=0.05, w=1 (FID 20.5)" in page
+    assert "at w=0: sigma_rel=0.1 (FID 21)" in page and "at w=4: sigma_rel=0.05 (FID 92.5)" in page
+    assert page.count("<tr") == 1 + len(points) and "<td class=\"run\">eval, checkpoint EMA</td>" in page
+    table = (tmp_path / "eval" / "aggregate.md").read_text()
+    assert "| w | eval, checkpoint EMA | eval, sigma_rel=0.05 | eval, sigma_rel=0.1 |" in table
+    driver = browser()
+    try:
+        driver.get((tmp_path / "eval" / "report.html").as_uri())
+        heat_map = driver.find_element("css selector", 'img[alt^="FID over (sigma_rel, w)"]')
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heat_map) > 0
+        assert non_white_fraction(heat_map.screenshot_as_png) > 0.3  # the cells are coloured
+    finally:
+        driver.quit()

@@ -138,3 +138,22 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_and_resumes_bit
     run(tmp_path)
     assert not list(folder.glob(".*.tmp"))
     assert_same_training_state(uninterrupted, last(tmp_path))
+
+
+def test_sigkill_with_power_ema_tracks_then_resume_is_bit_identical(tmp_path):
+    """The tracks resume from the checkpoint: the resumed run's tracks and every snapshot equal an uninterrupted
+    run's, including the snapshots the killed run wrote after its last checkpoint (written again on resume)."""
+    phema = ("callbacks=phema", "callbacks.phema.snapshot_every=20", "callbacks.phema.snapshot_dtype=float32")
+    run(tmp_path / "whole", *phema)
+    whole, killed = last(tmp_path / "whole"), sigkill_and_resume(tmp_path / "killed", *phema)
+    assert_same_training_state(whole, killed)
+    tracks = [next(v for k, v in c["callbacks"].items() if "PowerEMA" in k) for c in (whole, killed)]
+    assert tracks[0]["step"] == tracks[1]["step"] == STEPS
+    for a, b in zip(tracks[0]["tracks"], tracks[1]["tracks"]):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    snapshots = [sorted((d / "phema").glob("snapshot-*.pt")) for d in (tmp_path / "whole", tmp_path / "killed")]
+    assert [p.name for p in snapshots[0]] == [p.name for p in snapshots[1]] == [
+        f"snapshot-{k:08d}.pt" for k in range(20, STEPS + 1, 20)]
+    for x, y in zip(*snapshots):
+        x, y = (torch.load(p, weights_only=True) for p in (x, y))
+        assert x["step"] == y["step"] and all(torch.equal(a[k], b[k]) for a, b in zip(x["tracks"], y["tracks"]) for k in a)

@@ -22,7 +22,7 @@ import yaml
 
 from cfglab.loggers import run_group, wandb_api_key_configured
 from cfglab.report import write_report
-from cfglab.sweep import METRICS, plot_tradeoff
+from cfglab.sweep import METRICS, ema_label, plot_tradeoff
 
 TABLE_METRICS = ("fid", "is", "precision", "recall")  # the markdown tables (all metrics are in the CSV)
 
@@ -49,8 +49,8 @@ def find_runs(root: str | Path) -> list[dict]:
 
 
 def collect(multirun_dir: str | Path) -> tuple[list[str], list[dict]]:
-    """(names of the varying overrides, rows: the run's name, those overrides and every metric of each run's
-    latest-step point)."""
+    """(names of the varying overrides, rows: the run's name, its curve (the run, and in a sweep over post-hoc
+    EMA lengths the length), those overrides and every metric of each run's latest-step point)."""
     varying, rows, _ = _collect(find_runs(multirun_dir))
     return varying, rows
 
@@ -63,20 +63,21 @@ def _collect(runs: list[dict]) -> tuple[list[str], list[dict], list[dict]]:
         run["name"] = ", ".join(f"{k.split('.')[-1]}={run['overrides'][k]}" for k in varying
                                 if run["overrides"].get(k, "") != "") or run["dir"].name
         for p in run["points"]:
-            rows.append({"run": run["name"], **{k: run["overrides"].get(k, "") for k in varying},
+            curve = f"{run['name']}, {ema_label(p['sigma_rel'])}" if "sigma_rel" in p else run["name"]
+            rows.append({"run": run["name"], "curve": curve, **{k: run["overrides"].get(k, "") for k in varying},
                          **{k: v for k, v in p.items() if k != "key"}})
     return varying, rows, runs
 
 
 def markdown(rows: Sequence[dict], metrics: Sequence[str]) -> str:
-    runs = list(dict.fromkeys(r["run"] for r in rows))
+    curves = list(dict.fromkeys(r["curve"] for r in rows))
     ws = sorted({r["w"] for r in rows})
     out = []
     for m in metrics:
-        table = {(r["run"], r["w"]): r.get(m) for r in rows}
-        out += [f"### {m}", "", "| w | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
+        table = {(r["curve"], r["w"]): r.get(m) for r in rows}
+        out += [f"### {m}", "", "| w | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
         for w in ws:
-            cells = [f"{table[(r, w)]:.4g}" if isinstance(table.get((r, w)), float) else "" for r in runs]
+            cells = [f"{table[(c, w)]:.4g}" if isinstance(table.get((c, w)), float) else "" for c in curves]
             out.append(f"| {w:g} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -93,7 +94,7 @@ def aggregate(multirun_dir: str | Path, metrics: Sequence[str] = TABLE_METRICS, 
         writer.writeheader()
         writer.writerows(rows)
     (root / "aggregate.md").write_text(markdown(rows, metrics))
-    plot_tradeoff(rows, root / "aggregate.png", title=root.name, by="run")
+    plot_tradeoff(rows, root / "aggregate.png", title=root.name, by="curve")
     for run in runs:
         config = run["dir"] / ".hydra" / "config.yaml"
         run["config"] = config.read_text() if config.is_file() else "(no .hydra/config.yaml)"
@@ -118,11 +119,12 @@ def log_to_wandb(root: Path, runs: list[dict], rows: list[dict], mode: str) -> N
     multirun = yaml.safe_load((root / "multirun.yaml").read_text()) if (root / "multirun.yaml").is_file() else None
     experiment = ((multirun or {}).get("hydra", {}).get("runtime", {}).get("choices", {}) or {}).get("experiment")
     group = wandb_cfg.get("group") or run_group(experiment, root, root if multirun else None)
-    columns = ["run", "step", "w", *METRICS, "nfe"]
+    ema = any("sigma_rel" in r for r in rows)
+    columns = ["run", "step", *(("sigma_rel", "ema") if ema else ()), "w", *METRICS, "nfe"]
     run = wandb.init(project=wandb_cfg.get("project") or "cfglab", entity=wandb_cfg.get("entity"), group=group,
                      job_type="aggregate", name=f"{root.name} aggregate", dir=str(root), mode=mode,
                      config={"runs": [r["name"] for r in runs]})
-    table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+    table = wandb.Table(columns=columns, data=[[r["curve"] if c == "ema" else r.get(c) for c in columns] for r in rows])
     run.log({"aggregate/table": table, **trade_off_plots(table, "aggregate"),
              "aggregate/tradeoff": wandb.Image(str(root / "aggregate.png"))})
     run.finish()

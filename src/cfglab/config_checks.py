@@ -180,10 +180,14 @@ def check_distill_config(cfg: DictConfig) -> None:
 
 def check_evaluate_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of an evaluate.py config."""
-    p, _, data = _checkpoint_job_problems(cfg, "evaluate", {"sweep.ws": "sweep"})
+    from cfglab.ema_sweep import EMASweep
+
+    p, ckpt, data = _checkpoint_job_problems(cfg, "evaluate", {"sweep.ws": "sweep"})
     if isinstance(data, ModelData):
         p.add("data.data_dir", "null: the metrics compare the samples with the images the published model was "
                                "trained on; give their folder (ImageNet's train folder for DiT)")
+    if ckpt is not None:  # the lengths and their snapshots (messages name their keys)
+        p.build("", lambda: EMASweep.from_config(cfg, ckpt))
     _check_metrics(cfg.metrics, None, p)
     p.raise_if_any("evaluate")
 

@@ -74,20 +74,72 @@ def snapshot_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("snapshot-*.pt") if SNAPSHOT.search(p.name))
 
 
+def snapshot_steps(folder: str | Path) -> list[int]:
+    """The steps of the snapshots in `folder`, read from their names (nothing is loaded)."""
+    return [int(SNAPSHOT.search(p.name).group(1)) for p in snapshot_files(folder)]
+
+
+def last_snapshot_step(folder: str | Path, step: Optional[int] = None, key: str = "step") -> int:
+    """The step of the last snapshot in `folder` at or before `step` (default: the last one): where an EMA is
+    reconstructed. No snapshot there is a ValueError naming `key`."""
+    steps = snapshot_steps(folder)
+    if not steps:
+        raise ValueError(f"{key}: {str(folder)!r} holds no power-function EMA snapshots (snapshot-*.pt): train with "
+                         "callbacks=phema")
+    before = [s for s in steps if step is None or s <= step]
+    if not before:
+        raise ValueError(f"{key}={step}: the first snapshot in {str(folder)!r} is at step {steps[0]}")
+    return before[-1]
+
+
 def reconstruct(folder: str | Path, sigma_rel: float, step: Optional[int] = None) -> tuple[dict, dict]:
     """The weights of the sigma_rel EMA at `step` (default: the last snapshot's) from the snapshots in `folder`
     taken up to it: (state_dict in float32, {"sigma_rel", "step", "snapshots", "coefficients"})."""
-    check_sigma_rel(sigma_rel)
-    files = snapshot_files(folder)
-    if not files:
-        raise ValueError(f"{str(folder)!r} holds no power-function EMA snapshots (snapshot-*.pt): train with "
-                         "callbacks=phema")
-    blobs = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
-    step = blobs[-1]["step"] if step is None else int(step)
-    blobs = [b for b in blobs if b["step"] <= step]
-    if not blobs:
-        raise ValueError(f"step={step} precedes the first snapshot of {str(folder)!r}")
-    terms = [(b["step"], sigma_rel_to_gamma(s), track) for b in blobs for s, track in zip(b["sigma_rels"], b["tracks"])]
-    x = reconstruction_weights([t[0] for t in terms], [t[1] for t in terms], step, sigma_rel_to_gamma(sigma_rel))
-    out = {k: sum(float(c) * t[2][k].float() for c, t in zip(x, terms)) for k in terms[0][2]}
-    return out, {"sigma_rel": float(sigma_rel), "step": step, "snapshots": len(blobs), "coefficients": x.tolist()}
+    return reconstruct_all(folder, [sigma_rel], step)[0]
+
+
+def reconstruct_all(folder: str | Path, sigma_rels: Sequence[float], step: Optional[int] = None) -> list[tuple[dict, dict]]:
+    """`reconstruct` for several lengths in one pass over the snapshots: each is read once (memory: one float32
+    copy of the weights per length)."""
+    for i, s in enumerate(sigma_rels):
+        check_sigma_rel(s, f"sigma_rels[{i}]" if len(sigma_rels) > 1 else "sigma_rel")
+    last = last_snapshot_step(folder, step)
+    step = last if step is None else int(step)
+    files = [f for f, k in zip(snapshot_files(folder), snapshot_steps(folder)) if k <= step]
+    # mmap: the tensors are read when summed, one snapshot at a time, not all at once
+    blobs = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
+    steps = [b["step"] for b in blobs for _ in b["sigma_rels"]]
+    gammas = [sigma_rel_to_gamma(s) for b in blobs for s in b["sigma_rels"]]
+    coefficients = [reconstruction_weights(steps, gammas, step, sigma_rel_to_gamma(s)) for s in sigma_rels]
+    outs: list[dict] = [{} for _ in sigma_rels]
+    tracks = (track for b in blobs for track in b["tracks"])
+    for j, track in enumerate(tracks):
+        for x, out in zip(coefficients, outs):
+            for k, v in track.items():
+                out[k] = out[k] + float(x[j]) * v.float() if k in out else float(x[j]) * v.float()
+    return [(out, {"sigma_rel": float(s), "step": step, "snapshots": len(blobs), "coefficients": x.tolist()})
+            for s, out, x in zip(sigma_rels, outs, coefficients)]
+
+
+def with_weights(state: dict, weights: dict, folder: str | Path) -> dict:
+    """`state` (a module's state_dict) with the reconstructed `weights` in place of its entries, in their dtypes;
+    weights it has no entry for are snapshots of another model, a ValueError."""
+    missing = sorted(set(weights) - set(state))
+    if missing:
+        raise ValueError(f"the snapshots in {str(folder)!r} hold weights this model has not ({missing[:3]}): "
+                         "snapshots of another model")
+    return {k: weights[k].to(v.dtype) if k in weights else v for k, v in state.items()}
+
+
+def sweep_lengths(sigma_rels, key: str = "sigma_rels") -> list[Optional[float]]:
+    """The EMA lengths of a sweep over sigma_rel, checked: a non-empty list without repeats of valid sigma_rels
+    and None, the checkpoint's own weights (its fixed-decay EMA)."""
+    if isinstance(sigma_rels, (str, bytes)) or not isinstance(sigma_rels, Sequence) or not sigma_rels:
+        raise ValueError(f"{key}={sigma_rels!r} must be a non-empty list of EMA lengths, e.g. [null,0.05,0.1] "
+                         "(null: the checkpoint's own weights)")
+    for i, s in enumerate(sigma_rels):
+        if s is not None:
+            check_sigma_rel(s, f"{key}[{i}]")
+    if len(set(sigma_rels)) != len(sigma_rels):
+        raise ValueError(f"{key}={list(sigma_rels)} repeats a value")
+    return [None if s is None else float(s) for s in sigma_rels]

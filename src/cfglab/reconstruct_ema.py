@@ -15,7 +15,7 @@ import torch
 
 from cfglab.atomic import atomic_write
 from cfglab.checkpoints import PHEMA, Checkpoint
-from cfglab.phema import check_sigma_rel, reconstruct
+from cfglab.phema import check_sigma_rel, reconstruct_all, with_weights
 
 TRAINING_STATE = ("loops", "callbacks", "optimizer_states", "lr_schedulers", "current_model_state", "averaging_state")
 
@@ -29,13 +29,8 @@ def reconstruct_checkpoints(run_dir: str | Path, sigma_rels: Sequence[float], st
     Checkpoint.open(last)  # a readable cfglab checkpoint, or a ValueError naming the file
     base = {k: v for k, v in torch.load(last, map_location="cpu", weights_only=True).items() if k not in TRAINING_STATE}
     paths = []
-    for s in sigma_rels:
-        weights, info = reconstruct(run_dir / "phema", s, step)
-        missing = sorted(set(weights) - set(base["state_dict"]))
-        if missing:
-            raise ValueError(f"the snapshots of {str(run_dir)!r} hold weights its last.ckpt has not ({missing[:3]}): "
-                             "snapshots of another model")
-        state = {k: weights[k].to(v.dtype) if k in weights else v for k, v in base["state_dict"].items()}
+    for s, (weights, info) in zip(sigma_rels, reconstruct_all(run_dir / "phema", sigma_rels, step)):
+        state = with_weights(base["state_dict"], weights, run_dir / "phema")
         blob = {**base, "state_dict": state, "global_step": info["step"], PHEMA: info}
         name = f"sigma_rel-{s:.3f}" + ("" if step is None else f"-step{info['step']}") + ".ckpt"
         paths.append(atomic_write(run_dir / "phema" / name, lambda tmp, blob=blob: torch.save(blob, tmp)))

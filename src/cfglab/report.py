@@ -1,5 +1,6 @@
 """One self-contained HTML page for a run or a multirun: the trade-off curves with one line per run, the Pareto
-front of FID against IS, the table, every run's sample grid at every w, and each run's config.
+front of FID against IS, the table, every run's sample grid at every w, and each run's config; for a sweep over
+post-hoc EMA lengths, one line per length and a heat map of FID over (sigma_rel, w) with the best pair.
 
 Everything is inside the file (images as data: URIs, no script, no stylesheet or font from elsewhere), so it
 opens from disk with no network: on an offline cluster, in a review, in a paper's supplement.
@@ -13,7 +14,7 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-from cfglab.sweep import METRICS, sweep_grid_path
+from cfglab.sweep import METRICS, ema_label, format_best, sweep_grid_path
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -52,21 +53,22 @@ def _file_uri(path: Path) -> str:
 
 
 def trade_off_figures(rows: Sequence[dict]) -> dict[str, str]:
-    """{caption: PNG data URI}: FID and IS against w, one line per run; FID against IS with the Pareto front of
-    all points; precision against recall."""
+    """{caption: PNG data URI}: FID and IS against w, one line per run (its `curve`: per EMA length in a sweep
+    over them); FID against IS with the Pareto front of all points; precision against recall."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = list(dict.fromkeys(r["run"] for r in rows))
+    curve = lambda r: r.get("curve", r["run"])  # noqa: E731
+    runs = list(dict.fromkeys(curve(r) for r in rows))
     figures = {}
     for caption, (xk, yk) in {"FID vs w": ("w", "fid"), "IS vs w": ("w", "is"),
                               "FID vs IS, Pareto front dashed": ("is", "fid"),
                               "precision vs recall": ("recall", "precision")}.items():
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for run in runs:
-            pts = sorted((r for r in rows if r["run"] == run and r.get(xk) is not None and r.get(yk) is not None),
+            pts = sorted((r for r in rows if curve(r) == run and r.get(xk) is not None and r.get(yk) is not None),
                          key=lambda r: r["w"])
             ax.plot([r[xk] for r in pts], [r[yk] for r in pts], "o-", label=run, markersize=4)
             if xk != "w":
@@ -80,6 +82,47 @@ def trade_off_figures(rows: Sequence[dict]) -> dict[str, str]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         figures[caption] = _png(fig)
+        plt.close(fig)
+    return figures
+
+
+def ema_heat_maps(rows: Sequence[dict]) -> dict[str, str]:
+    """{caption: PNG data URI}: per run swept over post-hoc EMA lengths, FID over (sigma_rel, w), each cell
+    labelled, the best of each column (w) outlined and the best of all starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    figures = {}
+    for run in dict.fromkeys(r["run"] for r in rows if "sigma_rel" in r):
+        pts = [r for r in rows if r["run"] == run and "sigma_rel" in r and isinstance(r.get("fid"), float)]
+        lengths = sorted({r["sigma_rel"] for r in pts}, key=lambda s: (s is not None, s or 0))
+        ws = sorted({r["w"] for r in pts})
+        fid = np.full((len(lengths), len(ws)), np.nan)
+        for r in pts:
+            fid[lengths.index(r["sigma_rel"]), ws.index(r["w"])] = r["fid"]
+        fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(ws), 1.2 + 0.45 * len(lengths)))
+        image = ax.imshow(fid, cmap="viridis_r", aspect="auto")
+        best = np.unravel_index(np.nanargmin(fid), fid.shape)
+        light = (fid - np.nanmin(fid)) < 0.6 * (np.nanmax(fid) - np.nanmin(fid))  # viridis_r: low FID is yellow
+        for i in range(len(lengths)):
+            for j in range(len(ws)):
+                if np.isfinite(fid[i, j]):
+                    star = "*" if (i, j) == best else ""
+                    ax.text(j, i, f"{fid[i, j]:.3g}{star}", ha="center", va="center", fontsize=7,
+                            color="k" if light[i, j] else "w")
+        for j in range(len(ws)):
+            if np.isfinite(fid[:, j]).any():
+                ax.add_patch(Rectangle((j - 0.5, np.nanargmin(fid[:, j]) - 0.5), 1, 1, fill=False, edgecolor="red"))
+        ax.set_xticks(range(len(ws)), [f"{w:g}" for w in ws])
+        ax.set_yticks(range(len(lengths)), [ema_label(s).removeprefix("sigma_rel=") for s in lengths])
+        ax.set(xlabel="w", ylabel="sigma_rel", title=f"FID, {run}")
+        fig.colorbar(image, ax=ax, label="FID")
+        fig.tight_layout()
+        figures[f"FID over (sigma_rel, w), {run}: red, the best EMA length at each w; *, the best pair"] = _png(fig)
         plt.close(fig)
     return figures
 
@@ -99,21 +142,33 @@ def write_report(path: str | Path, title: str, runs: Sequence[dict], rows: Seque
     for caption, uri in trade_off_figures(rows).items():
         out.append(f'<figure><img class="plot" alt="{esc(caption)}" src="{uri}"><figcaption>{esc(caption)}</figcaption>'
                    "</figure>")
-    out += ["</div>", "<h2>Table</h2>", "<p>Bold: on the Pareto front of FID against IS over all runs.</p>",
+    out.append("</div>")
+    heat_maps = ema_heat_maps(rows)
+    if heat_maps:
+        out += ["<h2>EMA length and guidance</h2>", "<p>Post-hoc EMA lengths (Karras et al. 2024, sec. 3) reconstructed "
+                "from the run's snapshots; the checkpoint EMA is the run's own fixed-decay EMA.</p>", '<div class="plots">']
+        out += [f'<figure><img class="plot" alt="{esc(c)}" src="{uri}"><figcaption>{esc(c)}</figcaption></figure>'
+                for c, uri in heat_maps.items()]
+        out.append("</div>")
+        for run in dict.fromkeys(r["run"] for r in rows if "sigma_rel" in r):
+            best = format_best([r for r in rows if r["run"] == run and "sigma_rel" in r])
+            out.append(f'<pre class="best">{esc(run)}: {esc(best)}</pre>')
+    out += ["<h2>Table</h2>", "<p>Bold: on the Pareto front of FID against IS over all runs.</p>",
             "<table><tr><th>run</th><th>w</th>" + "".join(f"<th>{esc(m)}</th>" for m in metrics) + "</tr>"]
     for r in rows:
         cells = "".join(f"<td>{r[m]:.4g}</td>" if isinstance(r.get(m), (int, float)) else "<td></td>" for m in metrics)
         pareto = ' class="pareto"' if id(r) in front else ""
-        out.append(f'<tr{pareto}><td class="run">{esc(r["run"])}</td><td>{r["w"]:g}</td>{cells}</tr>')
+        out.append(f'<tr{pareto}><td class="run">{esc(r.get("curve", r["run"]))}</td><td>{r["w"]:g}</td>{cells}</tr>')
     out += ["</table>", "<h2>Samples and configs</h2>"]
     for run in runs:
         out += [f"<h3>{esc(run['name'])}</h3>", f"<p>{esc(str(run['dir']))}, training step {run['step']}</p>",
                 '<div class="grids">']
         for r in (r for r in rows if r["run"] == run["name"]):
-            grid = sweep_grid_path(run["dir"], run["step"], r["w"])
+            grid = sweep_grid_path(run["dir"], run["step"], r["w"], r.get("sigma_rel"))
+            name = f"w = {r['w']:g}" + (f", {ema_label(r['sigma_rel'])}" if "sigma_rel" in r else "")
             if grid.is_file():
-                out.append(f'<figure><img class="grid" alt="samples at w={r["w"]:g}" src="{_file_uri(grid)}">'
-                           f"<figcaption>w = {r['w']:g}</figcaption></figure>")
+                out.append(f'<figure><img class="grid" alt="samples at {esc(name)}" src="{_file_uri(grid)}">'
+                           f"<figcaption>{esc(name)}</figcaption></figure>")
         out += ["</div>", f"<details><summary>config</summary><pre>{esc(run['config'])}</pre></details>"]
     out.append("</body></html>")
     path = Path(path)

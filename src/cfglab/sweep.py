@@ -29,6 +29,25 @@ METRICS = ("fid", "is", "kid", "precision", "recall", "accuracy")
 COLUMNS = ("step", "w", *METRICS, "nfe", "num_samples", "seconds")
 
 
+def columns_of(points: Sequence[dict], columns: Sequence[str] = COLUMNS) -> tuple[str, ...]:
+    """`columns`, with sigma_rel before w when the points are a sweep over post-hoc EMA lengths."""
+    if not any("sigma_rel" in p for p in points):
+        return tuple(columns)
+    i = list(columns).index("w")
+    return (*columns[:i], "sigma_rel", *columns[i:])
+
+
+def point_order(p: dict) -> tuple:
+    """Points by training step, EMA length (the checkpoint's own weights first) and w."""
+    s = p.get("sigma_rel")
+    return p.get("step", 0), s is not None, s or 0.0, p["w"]
+
+
+def ema_label(sigma_rel: Optional[float]) -> str:
+    """The name of an EMA in a sweep over post-hoc EMA lengths (None: the checkpoint's own weights)."""
+    return "checkpoint EMA" if sigma_rel is None else f"sigma_rel={sigma_rel:g}"
+
+
 def ws_problems(ws: Any, allow_empty: bool = False) -> list[tuple[str, str]]:
     """What is wrong with a list of guidance strengths, as (index suffix such as "[1]" or "", message) pairs.
     Whether each w suits the guidance method is the method's own check (e.g. CFG++ needs w <= 1)."""
@@ -77,18 +96,35 @@ def format_point(point: dict) -> str:
 
 
 def format_table(points: Sequence[dict]) -> str:
-    """The points as a fixed-width table, one row per (step, w)."""
-    cols = ("step", "w", *METRICS, "nfe")
+    """The points as a fixed-width table, one row per (step, w), or (step, sigma_rel, w) for a sweep over EMA
+    lengths ("ckpt": the checkpoint's own weights)."""
+    cols = columns_of(points, ("step", "w", *METRICS, "nfe"))
     cell = lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    rows = [cols] + [tuple(cell(p.get(c)) for c in cols)
-                     for p in sorted(points, key=lambda p: (p.get("step", 0), p["w"]))]
+    rows = [cols] + [tuple("ckpt" if c == "sigma_rel" and p[c] is None else cell(p.get(c)) for c in cols)
+                     for p in sorted(points, key=point_order)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     return "\n".join("  ".join(v.rjust(n) for v, n in zip(r, widths)) for r in rows)
 
 
-def sweep_grid_path(out_dir: str | Path, step: int, w: float) -> Path:
-    """Where the sample grid of the point (step, w) is saved."""
-    return Path(out_dir) / "sweep_grids" / f"step{step}_w{w:g}.png"
+def format_best(points: Sequence[dict]) -> str:
+    """The lowest-FID point, and for a sweep over EMA lengths the best EMA at every w."""
+    scored = [p for p in points if isinstance(p.get("fid"), float)]
+    if not scored:
+        return ""
+    best = min(scored, key=lambda p: p["fid"])
+    ema = f"{ema_label(best['sigma_rel'])}, " if "sigma_rel" in best else ""
+    lines = [f"best: {ema}w={best['w']:g} (FID {best['fid']:.4g})"]
+    if "sigma_rel" in best:
+        for w in sorted({p["w"] for p in scored}):
+            at_w = min((p for p in scored if p["w"] == w), key=lambda p: p["fid"])
+            lines.append(f"  at w={w:g}: {ema_label(at_w['sigma_rel'])} (FID {at_w['fid']:.4g})")
+    return "\n".join(lines)
+
+
+def sweep_grid_path(out_dir: str | Path, step: int, w: float, sigma_rel: Optional[float] = None) -> Path:
+    """Where the sample grid of the point (step, w) is saved; of (step, sigma_rel, w) with a reconstructed EMA."""
+    ema = "" if sigma_rel is None else f"_sigma_rel{sigma_rel:g}"
+    return Path(out_dir) / "sweep_grids" / f"step{step}{ema}_w{w:g}.png"
 
 
 class SweepRecord:
@@ -119,26 +155,28 @@ class SweepRecord:
 
     def write_csv(self) -> Path:
         path = self.out_dir / "sweep.csv"
-        lines = [",".join(COLUMNS)]
-        for p in sorted(self.points, key=lambda p: (p.get("step", 0), p["w"])):
+        columns = columns_of(self.points)
+        lines = [",".join(columns)]
+        for p in sorted(self.points, key=point_order):
             lines.append(",".join("" if p.get(c) is None else f"{p[c]:.6g}" if isinstance(p[c], float) else str(p[c])
-                                  for c in COLUMNS))
+                                  for c in columns))
         return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_tradeoff(points: Sequence[dict], path: str | Path, title: str = "", by: str = "step") -> Path:
     """FID against IS and precision against recall, each point labelled with its w; one line per value of
-    `by` (the training step, or the run of a multirun)."""
+    `by` (the training step, the EMA length, or the run of a multirun)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
-    steps = sorted({p.get(by, 0) for p in points})
+    steps = sorted({p.get(by, 0) for p in points}, key=lambda v: (v is not None, v or 0))  # None: the checkpoint EMA
     for step in steps:
         pts = sorted((p for p in points if p.get(by, 0) == step), key=lambda p: p["w"])
-        label = (f"step {step}" if by == "step" else str(step)) if len(steps) > 1 else None
+        name = f"step {step}" if by == "step" else ema_label(step) if by == "sigma_rel" else str(step)
+        label = name if len(steps) > 1 else None
         for ax, (xk, yk) in ((ax1, ("is", "fid")), (ax2, ("recall", "precision"))):
             xs, ys = [p[xk] for p in pts], [p[yk] for p in pts]
             ax.plot(xs, ys, "o-", label=label)
@@ -160,13 +198,15 @@ def plot_tradeoff(points: Sequence[dict], path: str | Path, title: str = "", by:
 def run_points(module, sweep: SweepSettings, sampler, guidance: Guidance, sample_kwargs: dict, metrics,
                record: SweepRecord, step: int = 0, on_point: Optional[Callable[[dict, Tensor], None]] = None,
                progress: Optional[Callable[[int], None]] = None, guide_net=None,
-               shard: Optional[tuple[int, int, Callable[[Tensor], Optional[Tensor]]]] = None) -> list[dict]:
+               shard: Optional[tuple[int, int, Callable[[Tensor], Optional[Tensor]]]] = None,
+               variant: Optional[dict] = None) -> list[dict]:
     """Measure every w of `sweep.ws` not already in `record`; each finished point is saved before the next starts.
 
     guidance: the method, guiding at each w of the sweep. sample_kwargs: `sample`'s settings
     (SamplingSettings.resolve). shard = (rank, world, gather): this process generates its share of the
     batches; `gather` turns the shards into the full set in batch order on rank 0 (None elsewhere). Only rank 0
-    measures and writes; the others return the points they skipped or an empty list.
+    measures and writes; the others return the points they skipped or an empty list. variant: what else
+    identifies these points (the EMA length and its snapshot step), added to their key and fields.
     """
     rank, world, gather = shard or (0, 1, None)
     labels = balanced_labels(sweep.num_samples, module.num_classes)
@@ -174,7 +214,7 @@ def run_points(module, sweep: SweepSettings, sampler, guidance: Guidance, sample
     out = []
     for w in sweep.ws:
         key = {"w": w, "step": int(step), "sampler": repr(sampler), "guidance": repr(guidance), "sampling": settings,
-               "num_samples": sweep.num_samples, "batch_size": sweep.batch_size, "seed": sweep.seed}
+               "num_samples": sweep.num_samples, "batch_size": sweep.batch_size, "seed": sweep.seed, **(variant or {})}
         done = record.find(key)
         if done is not None:
             out.append(done)
@@ -187,7 +227,7 @@ def run_points(module, sweep: SweepSettings, sampler, guidance: Guidance, sample
             images = gather(images)
             if rank != 0:
                 continue
-        point = {"w": w, "step": int(step), **metrics(images, labels), "nfe": nfe,
+        point = {"w": w, "step": int(step), **(variant or {}), **metrics(images, labels), "nfe": nfe,
                  "num_samples": sweep.num_samples, "seconds": time.perf_counter() - t0, "key": key}
         if not all(math.isfinite(v) for v in point.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metrics at w={w}: {point}")

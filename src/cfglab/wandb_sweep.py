@@ -3,7 +3,8 @@
 Each point of a sweep is one history row: `sweep/w`, `sweep/train_step` and the metrics `sweep/fid`, `sweep/is`,
 ... . `define_metric` makes `sweep/w` their x axis, so a W&B line plot of `sweep/fid` is FID against w with one
 line per run (and choosing `sweep/is` as the x axis gives FID against IS from the same rows). The sweep table
-carries the run's name and the values that define it, and its plots take one line per run (`stroke`).
+carries the run's name and the values that define it, and its plots take one line per run (`stroke`); in a sweep
+over post-hoc EMA lengths, rows and table carry `sigma_rel` and the plots take one line per length.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from cfglab.sweep import METRICS, sweep_grid_path
+from cfglab.sweep import METRICS, ema_label, sweep_grid_path
 
 ROW_KEYS = (*METRICS, "nfe")
 
@@ -30,25 +31,32 @@ def sweep_context(module, sampler, guidance) -> dict[str, Any]:
 def define_sweep_axes(run) -> None:
     run.define_metric("sweep/train_step")
     run.define_metric("sweep/w", summary="none")
+    run.define_metric("sweep/sigma_rel", summary="none")
     for key in ROW_KEYS:
         run.define_metric(f"sweep/{key}", step_metric="sweep/w", summary="none")
 
 
 def sweep_table(run_name: str, points: Sequence[dict], context: dict[str, Any]):
+    """The points as a table; over EMA lengths with `sigma_rel` and `ema` (its name: the lines of the plots)."""
     import wandb
 
-    columns = ["run", *context, "step", "w", *ROW_KEYS]
-    rows = [[run_name, *context.values(), p.get("step", 0), p["w"], *(p.get(k) for k in ROW_KEYS)] for p in points]
+    ema = any("sigma_rel" in p for p in points)
+    columns = ["run", *context, "step", *(("sigma_rel", "ema") if ema else ()), "w", *ROW_KEYS]
+    rows = [[run_name, *context.values(), p.get("step", 0),
+             *((p.get("sigma_rel"), ema_label(p.get("sigma_rel"))) if ema else ()), p["w"], *(p.get(k) for k in ROW_KEYS)]
+            for p in points]
     return wandb.Table(columns=columns, data=rows)
 
 
 def trade_off_plots(table, prefix: str) -> dict[str, Any]:
-    """FID and IS against w, one line per run; FID against IS and precision against recall as scatter plots."""
+    """FID and IS against w, one line per run (per EMA length when the table has them); FID against IS and
+    precision against recall as scatter plots."""
     import wandb
 
+    stroke = "ema" if "ema" in table.columns else "run"
     return {
-        f"{prefix}/fid_vs_w": wandb.plot.line(table, "w", "fid", stroke="run", title="FID vs w"),
-        f"{prefix}/is_vs_w": wandb.plot.line(table, "w", "is", stroke="run", title="IS vs w"),
+        f"{prefix}/fid_vs_w": wandb.plot.line(table, "w", "fid", stroke=stroke, title="FID vs w"),
+        f"{prefix}/is_vs_w": wandb.plot.line(table, "w", "is", stroke=stroke, title="IS vs w"),
         f"{prefix}/fid_vs_is": wandb.plot.scatter(table, "is", "fid", title="FID vs IS"),
         f"{prefix}/precision_vs_recall": wandb.plot.scatter(table, "recall", "precision", title="precision vs recall"),
     }
@@ -60,7 +68,8 @@ def log_sweep(run, points: Sequence[dict], context: dict[str, Any], out_dir: str
 
     define_sweep_axes(run)
     for p in sorted(points, key=lambda p: p["w"]):
-        run.log({"sweep/w": p["w"], "sweep/train_step": step,
+        ema = {"sweep/sigma_rel": p["sigma_rel"]} if isinstance(p.get("sigma_rel"), float) else {}
+        run.log({"sweep/w": p["w"], "sweep/train_step": step, **ema,
                  **{f"sweep/{k}": p[k] for k in ROW_KEYS if isinstance(p.get(k), (int, float))}})
     table = sweep_table(run.name, points, context)
     payload = {"sweep/table": table, **trade_off_plots(table, "sweep")}
@@ -68,7 +77,9 @@ def log_sweep(run, points: Sequence[dict], context: dict[str, Any], out_dir: str
     if (out_dir / "tradeoff.png").is_file():
         payload["sweep/tradeoff"] = wandb.Image(str(out_dir / "tradeoff.png"))
     for p in points:
-        grid = sweep_grid_path(out_dir, step, p["w"])
+        grid = sweep_grid_path(out_dir, step, p["w"], p.get("sigma_rel"))
+        ema = f", {ema_label(p['sigma_rel'])}" if "sigma_rel" in p else ""
         if grid.is_file():
-            payload[f"sweep/samples/w={p['w']:g}"] = wandb.Image(str(grid), caption=f"w={p['w']:g}, step {step}")
+            payload[f"sweep/samples/w={p['w']:g}{ema.replace(', ', ',')}"] = wandb.Image(
+                str(grid), caption=f"w={p['w']:g}{ema}, step {step}")
     run.log(payload)
