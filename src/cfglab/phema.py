@@ -116,7 +116,8 @@ def reconstruct_all(folder: str | Path, sigma_rels: Sequence[float], step: Optio
     for j, track in enumerate(tracks):
         for x, out in zip(coefficients, outs):
             for k, v in track.items():
-                out[k] = out[k] + float(x[j]) * v.float() if k in out else float(x[j]) * v.float()
+                term = v.float() * float(x[j])
+                out[k] = out[k].add_(term) if k in out else term
     return [(out, {"sigma_rel": float(s), "step": step, "snapshots": len(blobs), "coefficients": x.tolist()})
             for s, out, x in zip(sigma_rels, outs, coefficients)]
 
