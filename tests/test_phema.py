@@ -194,6 +194,7 @@ def test_evaluate_sweeps_ema_lengths_by_w_each_as_its_reconstructed_checkpoint(w
     (["sigma_rels=[0.05,0.05]"], r"sigma_rels=\[0.05, 0.05\] repeats a value"),
     (["sigma_rels=0.05"], r"sigma_rels=0.05 must be a non-empty list"),
     (["sigma_rels=[0.05]", "phema_dir={empty}"], r"phema_dir: '.*' holds no power-function EMA snapshots"),
+    (["phema_dir={empty}"], r"phema_dir='.*': the snapshots are read only for a sweep over EMA lengths"),
 ])
 def test_bad_ema_sweep_is_refused_before_anything_runs(overrides, expected, whole, tmp_path):
     (tmp_path / "empty").mkdir()

@@ -26,6 +26,9 @@ class EMASweep:
         """The sweep `cfg.sigma_rels` asks for on `ckpt` (None without one), with its snapshots in `cfg.phema_dir`
         (null: the `phema` folder of the checkpoint's run); a ValueError naming the key when it cannot be run."""
         if cfg.get("sigma_rels") is None:
+            if cfg.get("phema_dir"):
+                raise ValueError(f"phema_dir={cfg.phema_dir!r}: the snapshots are read only for a sweep over EMA "
+                                 "lengths; give sigma_rels=[...] too")
             return None
         if not isinstance(ckpt, Checkpoint):
             raise ValueError("sigma_rels: post-hoc EMA lengths need a checkpoint of a run trained with "
