@@ -130,6 +130,8 @@ def test_independent_checks_run_when_the_data_fails(tmp_path):
     (["ckpt_path=/nonexistent/last.ckpt"], ["ckpt_path", "/nonexistent/last.ckpt"]),
     (["sweep.ws=[0,-2]"], ["sweep.ws[1]", "w=-2"]),
     (["sweep.num_samples=0"], ["sweep", "num_samples=0"]),
+    (["sweep.repeats=0"], ["sweep", "repeats=0"]),
+    (["sweep.repeats=3", "sweep.num_samples=400000", "sweep.batch_size=1"], ["sweep", "repeats=3", "overlap"]),
     (["+sweep.w=[0,1]"], ["sweep.w: unknown key", "did you mean sweep.ws?"]),
     (["+guidance.w=3"], ["guidance.w: unknown key", "did you mean sweep.ws?"]),
     (["sampling.batched=2"], ["sampling.batched: 2: should be a valid boolean"]),

@@ -1,6 +1,7 @@
 """The offline HTML report of a multirun, rendered in a real headless browser (Debian's chromium, driven by
 Selenium through chromedriver): every image loads, the curves are drawn, nothing is fetched from outside the file."""
 
+import io
 import json
 import shutil
 import subprocess
@@ -68,8 +69,6 @@ def browser():
 
 
 def non_white_fraction(png: bytes) -> float:
-    import io
-
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     return float((pixels.min(-1) < 200).mean())
 
@@ -138,5 +137,47 @@ def test_report_of_an_ema_sweep_has_the_heat_map_one_curve_per_length_and_the_be
         heat_map = driver.find_element("css selector", 'img[alt^="FID over (sigma_rel, w)"]')
         assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heat_map) > 0
         assert non_white_fraction(heat_map.screenshot_as_png) > 0.3  # the cells are coloured
+    finally:
+        driver.quit()
+
+
+def fake_repeated_sweep(run, with_std=True):
+    """A sweep measured on 3 paired noise sets: w = 1 has the lowest mean FID and wins 2 of the 3 repeats."""
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("sweep:\n  repeats: 3\n")
+    points = []
+    for w in WS:
+        fids = [20 + 8 * (w - 1) ** 2 + d for d in ((-1.5, -0.5, 3.5) if w == 1 else (0.0, -1.0, 1.0))]
+        runs = [{"fid": f, "is": 5 + w, "precision": 0.5, "recall": 0.6 - 0.1 * w} for f in fids]
+        mean, std = float(np.mean(fids)), float(np.std(fids, ddof=1))
+        point = {"w": w, "step": 500, "fid": mean, "is": 5 + w, "precision": 0.5, "recall": 0.6 - 0.1 * w, "nfe": 40.0}
+        if with_std:
+            point.update(fid_std=std, is_std=0.0, precision_std=0.0, recall_std=0.0, repeats=3, per_repeat=runs)
+        points.append(point)
+    (run / "sweep.json").write_text(json.dumps({"points": points}))
+
+
+def test_report_of_repeated_points_has_bands_spreads_and_wins(tmp_path):
+    fake_repeated_sweep(tmp_path / "rep")
+    fake_repeated_sweep(tmp_path / "plain", with_std=False)
+    for run in ("rep", "plain"):
+        aggregate(tmp_path / run, wandb_mode="off")
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "<h2>Repeats</h2>" in page and "best: w=1 (FID 20.5 ± 2.6)" in page
+    assert "lowest FID over the 3 repeats: w=1 in 2, w=0.5 in 1" in page
+    assert "<td>20.5 &plusmn; 2.6</td>" in page
+    assert "20.5 ± 2.6" in (tmp_path / "rep" / "aggregate.md").read_text()
+    assert "per_repeat" not in (tmp_path / "rep" / "aggregate.csv").read_text().splitlines()[0]
+    driver = browser()
+    try:
+        drawn = {}
+        for run in ("rep", "plain"):
+            driver.get((tmp_path / run / "report.html").as_uri())
+            plot = driver.find_element("css selector", 'img[alt="FID vs w"]')
+            pixels = np.asarray(Image.open(io.BytesIO(plot.screenshot_as_png)).convert("RGB")).astype(int)
+            drawn[run] = float((np.ptp(pixels, axis=-1) > 15).mean())  # tinted: the line, and a pale band around it
+        assert drawn["rep"] > 1.5 * drawn["plain"], drawn  # the band of +- 1 std is drawn
+        driver.get((tmp_path / "rep" / "report.html").as_uri())
+        assert "w=1 in 2" in driver.find_element("css selector", "pre.repeats").text
     finally:
         driver.quit()

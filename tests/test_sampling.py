@@ -52,6 +52,17 @@ def test_sharded_batches_put_together_equal_one_process():
     assert torch.equal(to_uint8(x), whole[5:10])
 
 
+def test_repeat_r_is_the_next_stretch_of_batch_seeds_and_shards_like_repeat_0():
+    """Repeat 1 of 3 batches is batches 3-5 of the same labels twice over: disjoint from repeat 0's seeds."""
+    module, labels = small_module(), torch.arange(12) % 10
+    kw = dict(sampler=DDIM(steps=2), guidance=CFG(), w=1.0, batch_size=4, seed=3, clip_x0=1.0, **module.sampling_args())
+    twice, _ = sample_batches(labels=torch.cat([labels, labels]), **kw)
+    repeat1, _ = sample_batches(labels=labels, repeat=1, **kw)
+    assert torch.equal(repeat1, twice[12:]) and not torch.equal(repeat1, twice[:12])
+    shards = [sample_batches(labels=labels, repeat=1, rank=r, world=2, **kw)[0] for r in range(2)]
+    assert torch.equal(torch.cat([shards[0][:4], shards[1][:4], shards[0][4:]]), repeat1)
+
+
 def test_settings_resolve_for_the_device_and_the_data():
     auto = SamplingSettings()
     off = {"decode": None, "guided_channels": None}

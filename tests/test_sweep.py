@@ -8,6 +8,7 @@ from functools import partial
 from unittest import mock
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
@@ -18,7 +19,7 @@ from cfglab.diffusion.samplers import DDIM
 from cfglab.diffusion.sampling import SamplingSettings, sample_batches
 from cfglab.lightning.guidance_sweep import GuidanceSweep
 from cfglab.metrics.fidelity import build_metrics
-from cfglab.sweep import SweepRecord, SweepSettings, balanced_labels, run_points
+from cfglab.sweep import SweepRecord, SweepSettings, balanced_labels, fid_wins, format_best, format_table, run_points
 from helpers import wandb_charts, wandb_history, wandb_records, wandb_run, ROOT, small_module
 
 
@@ -64,6 +65,90 @@ def test_done_points_are_not_recomputed(tmp_path):
     assert more[1]["nfe"] == 4 and more[0]["nfe"] == 2  # w = 0 skips the unconditional forward
 
 
+def test_repeats_are_disjoint_paired_noise_sets_summarised_per_point(tmp_path):
+    module = small_module()
+    seen = []  # every repeat's samples, in the order the metrics see them
+    fake_metrics = lambda images, labels: seen.append(images) or {"fid": float(images.float().mean()),  # noqa: E731
+                                                                  "is": float(images.float().std())}
+    run = lambda ws, repeats, out: run_points(module, SweepSettings(ws, num_samples=8, batch_size=4, repeats=repeats),  # noqa: E731
+                                              DDIM(steps=2), CFG(), SETTINGS, fake_metrics, SweepRecord(out))
+    single = run([0.0], 1, tmp_path / "one")
+    assert "repeats" not in single[0] and "fid_std" not in single[0]  # an unrepeated point as it always was
+    seen.clear()
+    points = run([0.0, 1.0], 3, tmp_path / "three")
+    first = points[0]
+    assert first["repeats"] == 3 and len(first["per_repeat"]) == 3
+    assert first["per_repeat"][0]["fid"] == single[0]["fid"]  # repeat 0 is the unrepeated sweep's noise
+    fids = torch.tensor([r["fid"] for r in first["per_repeat"]], dtype=torch.float64)
+    assert first["fid"] == pytest.approx(float(fids.mean())) and first["fid_std"] == pytest.approx(float(fids.std()))
+    assert len({r["fid"] for r in first["per_repeat"]}) == 3  # disjoint noise: three different sets
+    # the same noise sets at every w: w = 1 changes the samples but not the noise, so each repeat's set at w = 1 is
+    # closest to its own repeat at w = 0 (DDIM is deterministic given the noise)
+    at0, at1 = seen[0:3], seen[3:6]
+    for r in range(3):
+        dist = [float((at1[r].float() - at0[q].float()).abs().mean()) for q in range(3)]
+        assert min(range(3), key=dist.__getitem__) == r, dist
+    csv = (tmp_path / "three" / "sweep.csv").read_text().splitlines()
+    assert csv[0].startswith("step,w,fid,fid_std,is,is_std") and csv[0].endswith(",repeats")
+    with mock.patch("cfglab.sweep.sample_batches", side_effect=AssertionError("recomputed")):
+        assert run([0.0, 1.0], 3, tmp_path / "three") == points
+    table, best = format_table(points), format_best(points)
+    assert f"{first['fid']:.4g}±{first['fid_std']:.2g}" in table
+    wins = fid_wins(points)
+    assert sum(wins.values()) == 3 and "lowest FID over the 3 repeats" in best
+
+
+def _sym_sqrt(m: np.ndarray) -> np.ndarray:
+    e, v = np.linalg.eigh(m)
+    return (v * np.sqrt(np.clip(e, 0, None))) @ v.T
+
+
+def test_fid_spread_over_repeats_is_the_delta_method_prediction_at_each_sample_size(tmp_path):
+    """On the ring mixture with its exact network (guided w = 2, so the samples differ from the data), the std
+    over K repeats of FID (on the points themselves as features) against a fixed reference is
+    sqrt(Var[IF(x)] / N), with IF FID's influence function in the generated distribution (Frechet distance
+    d = |mu_g - mu_r|^2 + tr(C_g + C_r - 2 (C_g C_r)^(1/2)): IF(x) = 2 (x - mu_g).(mu_g - mu_r) + (x - mu_g)^T
+    (I - T) (x - mu_g), T = C_r^(1/2) (C_r^(1/2) C_g C_r^(1/2))^(-1/2) C_r^(1/2)). The std of K normal draws
+    has relative error 1 / sqrt(2 (K - 1)): three of those are the tolerance."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    from cfglab.data.gmm import ExactGMMModel, GaussianMixtureDataModule
+    from cfglab.diffusion.schedules import Cosine
+    from cfglab.lightning.module import CFGDiffusion
+
+    schedule, repeats = Cosine(), 48
+    data = GaussianMixtureDataModule(num_samples=4000)
+    module = CFGDiffusion(ExactGMMModel(data.mixture, schedule), schedule, num_classes=4)
+    ref = data.items("train").head(2000)[0].double()
+    ref_stats, sets = fid_features_to_statistics(ref), []
+
+    def fid(points, labels):
+        sets.append(points.double())
+        stats = fid_features_to_statistics(points.double())
+        return {"fid": float(fid_statistics_to_metric(stats, ref_stats, False)["frechet_inception_distance"])}
+
+    mu_r, cov_r = ref.mean(0).numpy(), np.cov(ref.numpy(), rowvar=False)
+    for n in (200, 800):
+        sets.clear()
+        point = run_points(module, SweepSettings([2.0], num_samples=n, batch_size=n, repeats=repeats), DDIM(steps=8),
+                           CFG(), SamplingSettings().resolve("cpu", data_range=None), fid, SweepRecord(tmp_path / str(n)))[0]
+        x = torch.cat(sets).numpy()  # all repeats: the generated distribution
+        mu_g, cov_g = x.mean(0), np.cov(x, rowvar=False)
+        a = _sym_sqrt(cov_r)
+        transport = a @ np.linalg.inv(_sym_sqrt(a @ cov_g @ a)) @ a
+        d = x - mu_g
+        influence = 2 * d @ (mu_g - mu_r) + np.einsum("ni,ij,nj->n", d, np.eye(2) - transport, d)
+        predicted = influence.std() / np.sqrt(n)
+        assert point["fid_std"] == pytest.approx(predicted, rel=3 / np.sqrt(2 * (repeats - 1))), (n, point, predicted)
+
+
+def test_fid_wins_counts_paired_repeats():
+    per = lambda *f: [{"fid": v} for v in f]  # noqa: E731
+    points = [{"w": 0.0, "per_repeat": per(5, 3, 4)}, {"w": 0.5, "per_repeat": per(4, 4, 2)},
+              {"w": 1.0, "per_repeat": per(6, 1, 9)}]
+    assert fid_wins(points) == {0.0: 0, 0.5: 2, 1.0: 1}
+
+
 def test_callback_on_tiny_model_writes_every_artifact(tmp_path):
     L.seed_everything(0)
     dm = DigitsDataModule(batch_size=64)
@@ -88,7 +173,9 @@ def test_callback_on_tiny_model_writes_every_artifact(tmp_path):
 
 @pytest.mark.parametrize("bad, match", [(dict(ws=[]), "empty"), (dict(ws=[0, 1, 1]), "repeats"),
                                         (dict(ws=[0, "a"]), r"ws\[1\]: 'a' is not a number"),
-                                        (dict(num_samples=0), "num_samples=0"), (dict(batch_size=1.5), "batch_size=1.5")])
+                                        (dict(num_samples=0), "num_samples=0"), (dict(batch_size=1.5), "batch_size=1.5"),
+                                        (dict(repeats=0), "repeats=0"), (dict(repeats=True), "repeats=True"),
+                                        (dict(repeats=2, num_samples=600_000, batch_size=1), "overlap")])
 def test_bad_sweep_settings(bad, match):
     with pytest.raises(ValueError, match=match):
         SweepSettings(**bad)
@@ -162,7 +249,7 @@ def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_r
         ckpts[name] = tmp_path / name / "checkpoints" / "last.ckpt"
     cmd = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt_path={ckpts['strong']}", f"hydra.run.dir={tmp_path / 'eval'}",
            "guidance=autoguidance", f"guidance.guide_ckpt={ckpts['weak']}", "sweep.ws=[0,2]", "sweep.num_samples=40",
-           "sampler.steps=4", "logger=wandb", "logger.wandb.mode=offline"]
+           "sweep.repeats=2", "sampler.steps=4", "logger=wandb", "logger.wandb.mode=offline"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     points = json.loads((tmp_path / "eval" / "sweep.json").read_text())["points"]
@@ -178,6 +265,13 @@ def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_r
     assert evaluation.display_name == f"{train.display_name} eval"
     rows = [r for r in wandb_history(evaluation_dir) if "sweep/w" in r]
     assert [(r["sweep/train_step"], r["sweep/w"], r["sweep/nfe"]) for r in rows] == [(30, 0.0, 4), (30, 2.0, 8)]
+    # two repeats: every metric's mean and spread in the record, the rows, the table and the printed summary
+    assert [p["repeats"] for p in points] == [2, 2] and all(len(p["per_repeat"]) == 2 for p in points)
+    assert [r["sweep/fid_std"] for r in rows] == pytest.approx([p["fid_std"] for p in points])
+    assert all(p["fid_std"] > 0 for p in points) and "lowest FID over the 2 repeats" in proc.stdout
+    assert f"{points[0]['fid']:.4g}±{points[0]['fid_std']:.2g}" in proc.stdout
+    table = json.loads(next(evaluation_dir.rglob("sweep/table_*.table.json")).read_text())
+    assert "fid_std" in table["columns"] and "repeats" in table["columns"]
 
 
 def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):

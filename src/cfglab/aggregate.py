@@ -22,7 +22,7 @@ import yaml
 
 from cfglab.loggers import run_group, wandb_api_key_configured
 from cfglab.report import write_report
-from cfglab.sweep import METRICS, ema_label, plot_tradeoff
+from cfglab.sweep import ema_label, plot_tradeoff
 
 TABLE_METRICS = ("fid", "is", "precision", "recall")  # the markdown tables (all metrics are in the CSV)
 
@@ -77,7 +77,9 @@ def markdown(rows: Sequence[dict], metrics: Sequence[str]) -> str:
         table = {(r["curve"], r["w"]): r.get(m) for r in rows}
         out += [f"### {m}", "", "| w | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
         for w in ws:
-            cells = [f"{table[(c, w)]:.4g}" if isinstance(table.get((c, w)), float) else "" for c in curves]
+            std = {(r["curve"], r["w"]): f" ± {r[m + '_std']:.2g}" for r in rows if isinstance(r.get(f"{m}_std"), float)}
+            cells = [f"{table[(c, w)]:.4g}{std.get((c, w), '')}" if isinstance(table.get((c, w)), float) else ""
+                     for c in curves]
             out.append(f"| {w:g} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -88,9 +90,9 @@ def aggregate(multirun_dir: str | Path, metrics: Sequence[str] = TABLE_METRICS, 
     when the runs logged there (offline unless an API key is configured)."""
     root = Path(multirun_dir)
     varying, rows, runs = _collect(find_runs(root))
-    columns = list(dict.fromkeys(k for r in rows for k in r))
+    columns = list(dict.fromkeys(k for r in rows for k in r if k != "per_repeat"))  # each repeat: in sweep.json
     with open(root / "aggregate.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (root / "aggregate.md").write_text(markdown(rows, metrics))
@@ -111,7 +113,7 @@ def log_to_wandb(root: Path, runs: list[dict], rows: list[dict], mode: str) -> N
     project the multirun's runs used (cfglab.loggers.run_group), saved under <root>/wandb."""
     import wandb
 
-    from cfglab.wandb_sweep import trade_off_plots
+    from cfglab.wandb_sweep import row_keys, trade_off_plots
 
     config_file = runs[0]["dir"] / ".hydra" / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
@@ -120,7 +122,7 @@ def log_to_wandb(root: Path, runs: list[dict], rows: list[dict], mode: str) -> N
     experiment = ((multirun or {}).get("hydra", {}).get("runtime", {}).get("choices", {}) or {}).get("experiment")
     group = wandb_cfg.get("group") or run_group(experiment, root, root if multirun else None)
     ema = any("sigma_rel" in r for r in rows)
-    columns = ["run", "step", *(("sigma_rel", "ema") if ema else ()), "w", *METRICS, "nfe"]
+    columns = ["run", "step", *(("sigma_rel", "ema") if ema else ()), "w", *row_keys(rows)]
     run = wandb.init(project=wandb_cfg.get("project") or "cfglab", entity=wandb_cfg.get("entity"), group=group,
                      job_type="aggregate", name=f"{root.name} aggregate", dir=str(root), mode=mode,
                      config={"runs": [r["name"] for r in runs]})

@@ -58,7 +58,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         print(f"the last EMA snapshot before step {step} is at step {ema.step}: the EMA lengths are reconstructed there")
     variants = [None] if ema is None else ema.variants(module)
     points = []
-    with tqdm(total=len(sweep.ws) * sweep.num_samples * (1 if ema is None else len(ema.lengths)),
+    with tqdm(total=len(sweep.ws) * sweep.num_samples * sweep.repeats * (1 if ema is None else len(ema.lengths)),
               desc="guidance sweep", unit="img") as bar:
         for variant in variants:
             points += run_points(module, sweep, sampler, guidance, sample_kwargs, metrics, record, step, on_point,

@@ -54,7 +54,7 @@ def _file_uri(path: Path) -> str:
 
 def trade_off_figures(rows: Sequence[dict]) -> dict[str, str]:
     """{caption: PNG data URI}: FID and IS against w, one line per run (its `curve`: per EMA length in a sweep
-    over them); FID against IS with the Pareto front of all points; precision against recall."""
+    over them), with a band of one standard deviation over repeats where the points were repeated; FID against IS with the Pareto front of all points; precision against recall."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +70,10 @@ def trade_off_figures(rows: Sequence[dict]) -> dict[str, str]:
         for run in runs:
             pts = sorted((r for r in rows if curve(r) == run and r.get(xk) is not None and r.get(yk) is not None),
                          key=lambda r: r["w"])
-            ax.plot([r[xk] for r in pts], [r[yk] for r in pts], "o-", label=run, markersize=4)
+            line, = ax.plot([r[xk] for r in pts], [r[yk] for r in pts], "o-", label=run, markersize=4)
+            if xk == "w" and pts and all(isinstance(r.get(f"{yk}_std"), float) for r in pts):  # +- 1 std over repeats
+                ax.fill_between([r["w"] for r in pts], [r[yk] - r[f"{yk}_std"] for r in pts],
+                                [r[yk] + r[f"{yk}_std"] for r in pts], color=line.get_color(), alpha=0.2, linewidth=0)
             if xk != "w":
                 for r in pts:
                     ax.annotate(f"{r['w']:g}", (r[xk], r[yk]), textcoords="offset points", xytext=(3, 3), fontsize=7)
@@ -153,10 +156,19 @@ def write_report(path: str | Path, title: str, runs: Sequence[dict], rows: Seque
         for run in dict.fromkeys(r["run"] for r in rows if "sigma_rel" in r):
             best = format_best([r for r in rows if r["run"] == run and "sigma_rel" in r])
             out.append(f'<pre class="best">{esc(run)}: {esc(best)}</pre>')
+    repeated = list(dict.fromkeys(r["run"] for r in rows if r.get("per_repeat")))
+    if repeated:
+        out += ["<h2>Repeats</h2>", "<p>Each point measured on the same disjoint noise sets at every w: mean and "
+                "standard deviation over them (bands on the curves, &plusmn; in the table), and how many of the repeats "
+                "each w has the lowest FID in.</p>"]
+        for run in repeated:
+            out.append(f'<pre class="repeats">{esc(run)}: {esc(format_best([r for r in rows if r["run"] == run]))}</pre>')
     out += ["<h2>Table</h2>", "<p>Bold: on the Pareto front of FID against IS over all runs.</p>",
             "<table><tr><th>run</th><th>w</th>" + "".join(f"<th>{esc(m)}</th>" for m in metrics) + "</tr>"]
     for r in rows:
-        cells = "".join(f"<td>{r[m]:.4g}</td>" if isinstance(r.get(m), (int, float)) else "<td></td>" for m in metrics)
+        std = lambda m: f" &plusmn; {r[m + '_std']:.2g}" if isinstance(r.get(f"{m}_std"), float) else ""  # noqa: E731
+        cells = "".join(f"<td>{r[m]:.4g}{std(m)}</td>" if isinstance(r.get(m), (int, float)) else "<td></td>"
+                        for m in metrics)
         pareto = ' class="pareto"' if id(r) in front else ""
         out.append(f'<tr{pareto}><td class="run">{esc(r.get("curve", r["run"]))}</td><td>{r["w"]:g}</td>{cells}</tr>')
     out += ["</table>", "<h2>Samples and configs</h2>"]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from cfglab.atomic import atomic_write_text
 from cfglab.diffusion.guidance import Guidance
-from cfglab.diffusion.sampling import describe_settings, sample_batches
+from cfglab.diffusion.sampling import SEED_STRIDE, describe_settings, sample_batches
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,14 @@ COLUMNS = ("step", "w", *METRICS, "nfe", "num_samples", "seconds")
 
 
 def columns_of(points: Sequence[dict], columns: Sequence[str] = COLUMNS) -> tuple[str, ...]:
-    """`columns`, with sigma_rel before w when the points are a sweep over post-hoc EMA lengths."""
-    if not any("sigma_rel" in p for p in points):
-        return tuple(columns)
-    i = list(columns).index("w")
-    return (*columns[:i], "sigma_rel", *columns[i:])
+    """`columns`, with sigma_rel before w when the points are a sweep over post-hoc EMA lengths, and each
+    metric's standard deviation over repeats after it (`fid_std`, ...) with their count when they were repeated."""
+    columns = list(columns)
+    if any("sigma_rel" in p for p in points):
+        columns.insert(columns.index("w"), "sigma_rel")
+    if any("repeats" in p for p in points):
+        columns = [s for c in columns for s in ((c, f"{c}_std") if c in METRICS else (c,))] + ["repeats"]
+    return tuple(columns)
 
 
 def point_order(p: dict) -> tuple:
@@ -73,16 +76,22 @@ class SweepSettings:
     batch_size: int = 500
     seed: int = 0
     grid_per_class: int = 8
+    repeats: int = 1
 
     def __post_init__(self):
         problems = ws_problems(self.ws)
         if problems:
             raise ValueError("; ".join(f"ws{i}: {m}" for i, m in problems))
         object.__setattr__(self, "ws", tuple(float(w) for w in self.ws))
-        for k in ("num_samples", "batch_size", "grid_per_class"):
+        for k in ("num_samples", "batch_size", "grid_per_class", "repeats"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{k}={v!r} must be an integer >= 1")
+        batches = self.repeats * -(-self.num_samples // self.batch_size)
+        if batches > SEED_STRIDE:  # repeat r's seeds would run into those of seed + 1 (sampling.batch_seed)
+            raise ValueError(f"repeats={self.repeats}: {batches} batches of {self.batch_size} per w need more than the "
+                             f"{SEED_STRIDE} noise seeds of seed={self.seed}; the seed sets would overlap those of "
+                             f"seed={self.seed + 1}: use fewer repeats or larger batches")
 
 
 def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
@@ -91,34 +100,74 @@ def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
 
 
 def format_point(point: dict) -> str:
-    """One line of a point's metrics: w=1  fid=14.03  is=9.505 ..."""
-    return "  ".join(f"{c}={point[c]:.4g}" for c in COLUMNS if isinstance(point.get(c), (int, float)))
+    """One line of a point's metrics: w=1  fid=14.03  is=9.505 ... (fid=14.03±0.21 ... over repeats)."""
+    std = lambda c: f"±{point[c + '_std']:.2g}" if f"{c}_std" in point else ""  # noqa: E731
+    return "  ".join(f"{c}={point[c]:.4g}{std(c)}" for c in COLUMNS if isinstance(point.get(c), (int, float)))
 
 
 def format_table(points: Sequence[dict]) -> str:
     """The points as a fixed-width table, one row per (step, w), or (step, sigma_rel, w) for a sweep over EMA
-    lengths ("ckpt": the checkpoint's own weights)."""
+    lengths ("ckpt": the checkpoint's own weights); repeated points as mean±std over the repeats."""
     cols = columns_of(points, ("step", "w", *METRICS, "nfe"))
+    cols = tuple(c for c in cols if not c.endswith("_std"))
     cell = lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    rows = [cols] + [tuple("ckpt" if c == "sigma_rel" and p[c] is None else cell(p.get(c)) for c in cols)
-                     for p in sorted(points, key=point_order)]
+
+    def value(p, c):
+        if c == "sigma_rel" and p[c] is None:
+            return "ckpt"
+        std = p.get(f"{c}_std") if c in METRICS else None
+        return cell(p.get(c)) + (f"±{std:.2g}" if std is not None else "")
+
+    rows = [cols] + [tuple(value(p, c) for c in cols) for p in sorted(points, key=point_order)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     return "\n".join("  ".join(v.rjust(n) for v, n in zip(r, widths)) for r in rows)
 
 
+def fid_wins(points: Sequence[dict]) -> dict[float, int]:
+    """For repeated points of one curve (one step and EMA length): how many of the repeats each w has the lowest
+    FID in. The repeats share their noise across w, so this counts paired comparisons."""
+    runs = [p for p in points if p.get("per_repeat")]
+    wins = {p["w"]: 0 for p in runs}
+    for r in range(min((len(p["per_repeat"]) for p in runs), default=0)):
+        wins[min(runs, key=lambda p: p["per_repeat"][r]["fid"])["w"]] += 1
+    return wins
+
+
 def format_best(points: Sequence[dict]) -> str:
-    """The lowest-FID point, and for a sweep over EMA lengths the best EMA at every w."""
+    """The lowest-FID point (with its spread and how often each w wins over repeats), and for a sweep over EMA
+    lengths the best EMA at every w."""
     scored = [p for p in points if isinstance(p.get("fid"), float)]
     if not scored:
         return ""
     best = min(scored, key=lambda p: p["fid"])
     ema = f"{ema_label(best['sigma_rel'])}, " if "sigma_rel" in best else ""
-    lines = [f"best: {ema}w={best['w']:g} (FID {best['fid']:.4g})"]
+    spread = f" ± {best['fid_std']:.2g}" if "fid_std" in best else ""
+    lines = [f"best: {ema}w={best['w']:g} (FID {best['fid']:.4g}{spread})"]
+    if best.get("per_repeat"):
+        curve = [p for p in scored if p.get("step") == best.get("step") and p.get("sigma_rel") == best.get("sigma_rel")]
+        wins = fid_wins(curve)
+        lines.append(f"  lowest FID over the {len(best['per_repeat'])} repeats: "
+                     + ", ".join(f"w={w:g} in {n}" for w, n in sorted(wins.items(), key=lambda i: -i[1]) if n))
     if "sigma_rel" in best:
         for w in sorted({p["w"] for p in scored}):
             at_w = min((p for p in scored if p["w"] == w), key=lambda p: p["fid"])
             lines.append(f"  at w={w:g}: {ema_label(at_w['sigma_rel'])} (FID {at_w['fid']:.4g})")
     return "\n".join(lines)
+
+
+def summarize_repeats(runs: Sequence[dict]) -> dict:
+    """One point's metrics from its repeats' metric dicts: the repeat itself when there is one; else every metric's
+    mean, its standard deviation over the repeats (`fid_std`, ...; n - 1 in the denominator), `repeats` and the
+    repeats themselves (`per_repeat`)."""
+    if len(runs) == 1:
+        return {k: v for k, v in runs[0].items() if k != "seconds"}
+    out = {}
+    for k in (k for k in runs[0] if k != "seconds"):
+        values = torch.tensor([r[k] for r in runs], dtype=torch.float64)
+        out[k] = float(values.mean())
+        if k in METRICS:
+            out[f"{k}_std"] = float(values.std())
+    return {**out, "repeats": len(runs), "per_repeat": list(runs)}
 
 
 def sweep_grid_path(out_dir: str | Path, step: int, w: float, sigma_rel: Optional[float] = None) -> Path:
@@ -164,8 +213,9 @@ class SweepRecord:
 
 
 def plot_tradeoff(points: Sequence[dict], path: str | Path, title: str = "", by: str = "step") -> Path:
-    """FID against IS and precision against recall, each point labelled with its w; one line per value of
-    `by` (the training step, the EMA length, or the run of a multirun)."""
+    """FID against IS and precision against recall, each point labelled with its w (with error bars of one
+    standard deviation over repeats); one line per value of `by` (the training step, the EMA length, or the run
+    of a multirun)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,7 +229,10 @@ def plot_tradeoff(points: Sequence[dict], path: str | Path, title: str = "", by:
         label = name if len(steps) > 1 else None
         for ax, (xk, yk) in ((ax1, ("is", "fid")), (ax2, ("recall", "precision"))):
             xs, ys = [p[xk] for p in pts], [p[yk] for p in pts]
-            ax.plot(xs, ys, "o-", label=label)
+            line, = ax.plot(xs, ys, "o-", label=label)
+            if all(f"{xk}_std" in p and f"{yk}_std" in p for p in pts):  # repeated: +- 1 std over the repeats
+                ax.errorbar(xs, ys, xerr=[p[f"{xk}_std"] for p in pts], yerr=[p[f"{yk}_std"] for p in pts], fmt="none",
+                            ecolor=line.get_color(), alpha=0.6, capsize=2)
             for p, x, y in zip(pts, xs, ys):
                 ax.annotate(f"w={p['w']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax1.set(xlabel="IS (higher: more class-distinct)", ylabel="FID (lower: closer to data)", title="FID vs IS")
@@ -206,34 +259,45 @@ def run_points(module, sweep: SweepSettings, sampler, guidance: Guidance, sample
     (SamplingSettings.resolve). shard = (rank, world, gather): this process generates its share of the
     batches; `gather` turns the shards into the full set in batch order on rank 0 (None elsewhere). Only rank 0
     measures and writes; the others return the points they skipped or an empty list. variant: what else
-    identifies these points (the EMA length and its snapshot step), added to their key and fields.
+    identifies these points (the EMA length and its snapshot step), added to their key and fields. With
+    `sweep.repeats` = K > 1 every w is measured on K disjoint noise sets (the same K at every w: paired), the
+    point holding the means, standard deviations and each repeat (summarize_repeats); `on_point` gets the first
+    repeat's samples, which are those of an unrepeated sweep.
     """
     rank, world, gather = shard or (0, 1, None)
     labels = balanced_labels(sweep.num_samples, module.num_classes)
     settings = describe_settings(sample_kwargs)
+    repeats = {"repeats": sweep.repeats} if sweep.repeats > 1 else {}  # a single set keeps the keys it always had
     out = []
     for w in sweep.ws:
         key = {"w": w, "step": int(step), "sampler": repr(sampler), "guidance": repr(guidance), "sampling": settings,
-               "num_samples": sweep.num_samples, "batch_size": sweep.batch_size, "seed": sweep.seed, **(variant or {})}
+               "num_samples": sweep.num_samples, "batch_size": sweep.batch_size, "seed": sweep.seed, **repeats,
+               **(variant or {})}
         done = record.find(key)
         if done is not None:
             out.append(done)
             continue
-        t0 = time.perf_counter()
-        images, nfe = sample_batches(sampler=sampler, guidance=guidance, labels=labels, w=w, batch_size=sweep.batch_size,
-                                     seed=sweep.seed, rank=rank, world=world, progress=progress, guide_net=guide_net,
-                                     **module.sampling_args(), **sample_kwargs)
-        if world > 1:
-            images = gather(images)
-            if rank != 0:
-                continue
-        point = {"w": w, "step": int(step), **(variant or {}), **metrics(images, labels), "nfe": nfe,
+        t0, runs, first = time.perf_counter(), [], None
+        for r in range(sweep.repeats):
+            t = time.perf_counter()
+            images, nfe = sample_batches(sampler=sampler, guidance=guidance, labels=labels, w=w,
+                                         batch_size=sweep.batch_size, seed=sweep.seed, repeat=r, rank=rank, world=world,
+                                         progress=progress, guide_net=guide_net, **module.sampling_args(), **sample_kwargs)
+            if world > 1:
+                images = gather(images)
+                if rank != 0:
+                    continue
+            runs.append({**metrics(images, labels), "seconds": time.perf_counter() - t})
+            first = images if first is None else first
+        if not runs:  # not rank 0
+            continue
+        point = {"w": w, "step": int(step), **(variant or {}), **summarize_repeats(runs), "nfe": nfe,
                  "num_samples": sweep.num_samples, "seconds": time.perf_counter() - t0, "key": key}
         if not all(math.isfinite(v) for v in point.values() if isinstance(v, float)):
             raise FloatingPointError(f"non-finite metrics at w={w}: {point}")
         record.add(point)
         log.info("sweep point done: %s", format_point(point))
         if on_point is not None:
-            on_point(point, images)
+            on_point(point, first)
         out.append(point)
     return out

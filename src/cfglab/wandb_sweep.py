@@ -4,7 +4,8 @@ Each point of a sweep is one history row: `sweep/w`, `sweep/train_step` and the 
 ... . `define_metric` makes `sweep/w` their x axis, so a W&B line plot of `sweep/fid` is FID against w with one
 line per run (and choosing `sweep/is` as the x axis gives FID against IS from the same rows). The sweep table
 carries the run's name and the values that define it, and its plots take one line per run (`stroke`); in a sweep
-over post-hoc EMA lengths, rows and table carry `sigma_rel` and the plots take one line per length.
+over post-hoc EMA lengths, rows and table carry `sigma_rel` and the plots take one line per length; repeated
+points add each metric's standard deviation over the repeats (`sweep/fid_std`, ...).
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from typing import Any, Sequence
 from cfglab.sweep import METRICS, ema_label, sweep_grid_path
 
 ROW_KEYS = (*METRICS, "nfe")
+
+
+def row_keys(points: Sequence[dict]) -> tuple[str, ...]:
+    """ROW_KEYS, with each metric's standard deviation over repeats (`fid_std`, ...) and their count when the
+    points were repeated."""
+    if not any("repeats" in p for p in points):
+        return ROW_KEYS
+    return (*(s for k in ROW_KEYS for s in ((k, f"{k}_std") if k in METRICS else (k,))), "repeats")
 
 
 def sweep_context(module, sampler, guidance) -> dict[str, Any]:
@@ -32,7 +41,7 @@ def define_sweep_axes(run) -> None:
     run.define_metric("sweep/train_step")
     run.define_metric("sweep/w", summary="none")
     run.define_metric("sweep/sigma_rel", summary="none")
-    for key in ROW_KEYS:
+    for key in row_keys([{"repeats": 2}]):
         run.define_metric(f"sweep/{key}", step_metric="sweep/w", summary="none")
 
 
@@ -41,9 +50,10 @@ def sweep_table(run_name: str, points: Sequence[dict], context: dict[str, Any]):
     import wandb
 
     ema = any("sigma_rel" in p for p in points)
-    columns = ["run", *context, "step", *(("sigma_rel", "ema") if ema else ()), "w", *ROW_KEYS]
+    keys = row_keys(points)
+    columns = ["run", *context, "step", *(("sigma_rel", "ema") if ema else ()), "w", *keys]
     rows = [[run_name, *context.values(), p.get("step", 0),
-             *((p.get("sigma_rel"), ema_label(p.get("sigma_rel"))) if ema else ()), p["w"], *(p.get(k) for k in ROW_KEYS)]
+             *((p.get("sigma_rel"), ema_label(p.get("sigma_rel"))) if ema else ()), p["w"], *(p.get(k) for k in keys)]
             for p in points]
     return wandb.Table(columns=columns, data=rows)
 
@@ -70,7 +80,7 @@ def log_sweep(run, points: Sequence[dict], context: dict[str, Any], out_dir: str
     for p in sorted(points, key=lambda p: p["w"]):
         ema = {"sweep/sigma_rel": p["sigma_rel"]} if isinstance(p.get("sigma_rel"), float) else {}
         run.log({"sweep/w": p["w"], "sweep/train_step": step, **ema,
-                 **{f"sweep/{k}": p[k] for k in ROW_KEYS if isinstance(p.get(k), (int, float))}})
+                 **{f"sweep/{k}": p[k] for k in row_keys(points) if isinstance(p.get(k), (int, float))}})
     table = sweep_table(run.name, points, context)
     payload = {"sweep/table": table, **trade_off_plots(table, "sweep")}
     out_dir = Path(out_dir)

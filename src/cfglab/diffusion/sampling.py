@@ -170,24 +170,30 @@ def seeded_noise(shape: tuple[int, ...], seed: int, device: torch.device | str) 
     return noise.to(device), torch.Generator(device=device).manual_seed(seed)
 
 
+SEED_STRIDE = 1_000_003  # batches per seed: seed s owns the generator seeds [s * SEED_STRIDE, (s + 1) * SEED_STRIDE)
+
+
 def batch_seed(seed: int, index: int) -> int:
-    """The generator seed of batch `index` of a run seeded with `seed`."""
-    return seed * 1_000_003 + index
+    """The generator seed of batch `index` of a run seeded with `seed` (index < SEED_STRIDE)."""
+    return seed * SEED_STRIDE + index
 
 
 def sample_batch(net: NetFn, schedule: Schedule, sampler: Sampler, guidance: Guidance, labels: Tensor, *, w: float,
-                 batch_size: int, seed: int, index: int, **sample_kwargs) -> tuple[Tensor, float]:
+                 batch_size: int, seed: int, index: int, repeat: int = 0, **sample_kwargs) -> tuple[Tensor, float]:
     """Batch `index` of the label list (N,): its samples on the CPU, images as uint8 (B, C, H, W) as they are
     saved and measured, other data as float (B, ...); and the NFE per sample.
 
     The batch is labels[index * batch_size : (index + 1) * batch_size], sampled on the network's device from
     seeded_noise(..., batch_seed(seed, index), ...): the same whatever ran before it, in this process or another.
+    repeat r of the same labels continues the seeds after those of repeat r - 1: batch_seed(seed, r * n + index)
+    with n the number of batches, so repeats are disjoint noise sets, the same ones at every w and for every method.
     sample_kwargs: `sample`'s keyword arguments (null_label, target, clip_x0, batched, autocast, guide_net,
     decode).
     """
     device = device_of(net)
     batch = labels[index * batch_size : (index + 1) * batch_size].to(device)
-    noise, g = seeded_noise((len(batch), *net.sample_shape), batch_seed(seed, index), device)
+    first = repeat * -(-len(labels) // batch_size)
+    noise, g = seeded_noise((len(batch), *net.sample_shape), batch_seed(seed, first + index), device)
     x, nfe = sample(net, schedule, sampler, guidance, batch, w=w, generator=g, noise=noise, **sample_kwargs)
     x = x.cpu()
     return (to_uint8(x) if x.ndim == 4 else x), nfe
@@ -203,6 +209,7 @@ def sample_batches(
     w: float,
     batch_size: int,
     seed: int,
+    repeat: int = 0,
     rank: int = 0,
     world: int = 1,
     progress: Optional[Callable[[int], None]] = None,
@@ -217,7 +224,7 @@ def sample_batches(
     out, nfe, count = [], 0.0, 0
     for i in range(rank, -(-len(labels) // batch_size), world):
         x, batch_nfe = sample_batch(net, schedule, sampler, guidance, labels, w=w, batch_size=batch_size, seed=seed,
-                                    index=i, **sample_kwargs)
+                                    index=i, repeat=repeat, **sample_kwargs)
         out.append(x)
         nfe, count = nfe + batch_nfe * len(x), count + len(x)
         if progress is not None:

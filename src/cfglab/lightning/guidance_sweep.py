@@ -76,8 +76,8 @@ class GuidanceSweep(L.Callback):
         sample_kwargs = self.sampling.resolve(module.device, trainer.datamodule.data_range,
                                               trainer.datamodule.decoder)
         out_dir, step = Path(self.out_dir), trainer.global_step
-        bar = tqdm(total=settings.num_samples * len(settings.ws), desc=f"guidance sweep (step {step})", unit="img",
-                   disable=not trainer.progress_bar_callback or rank != 0, leave=False)
+        bar = tqdm(total=settings.num_samples * settings.repeats * len(settings.ws), desc=f"guidance sweep (step {step})",
+                   unit="img", disable=not trainer.progress_bar_callback or rank != 0, leave=False)
 
         def on_point(point, images):
             save_samples(images, balanced_labels(len(images), module.num_classes),

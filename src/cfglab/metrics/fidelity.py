@@ -66,11 +66,11 @@ class FidelityMetrics:
         out = {"fid": fid_statistics_to_metric(fid_features_to_statistics(features), self.ref_stats, False)[
             "frechet_inception_distance"]}
         isc = isc_features_to_metric(logits, splits=min(self.isc_splits, len(logits)))
-        out["is"], out["is_std"] = isc["inception_score_mean"], isc["inception_score_std"]
+        out["is"], out["is_split_std"] = isc["inception_score_mean"], isc["inception_score_std"]
         kid = kid_features_to_metric(features, self.ref_features, kid_subsets=100,
                                      kid_subset_size=min(self.kid_subset_size, n), kid_degree=3, kid_gamma=None,
                                      kid_coef0=1, rng_seed=2020, verbose=False)
-        out["kid"], out["kid_std"] = kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]
+        out["kid"], out["kid_subset_std"] = kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]
         prc = prc_features_to_metric(features.float(), self.ref_features.float(), prc_neighborhood=self.prc_neighborhood,
                                      prc_batch_size=10000, save_cpu_ram=True, verbose=False)
         out["precision"], out["recall"] = prc["precision"], prc["recall"]
