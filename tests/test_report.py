@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from cfglab.aggregate import aggregate
-from cfglab.report import pareto_front
+from cfglab.ranking import pareto_front
 from cfglab.sweep import sweep_grid_path
 from helpers import ROOT
 
@@ -49,9 +49,10 @@ def test_report_holds_curves_table_grids_and_configs(tmp_path):
     fake_multirun(tmp_path)
     aggregate(tmp_path, wandb_mode="off")
     page = (tmp_path / "report.html").read_text()
-    assert page.count('<img class="plot"') == 4 and page.count('<img class="grid"') == len(P_UNCONDS) * len(WS)
+    assert page.count('<img class="plot"') == 5 and page.count('<img class="grid"') == len(P_UNCONDS) * len(WS)
+    assert "<h2>Ranking</h2>" in page  # three runs: each at its best w (FID vs NFE is the fifth plot)
     assert all(f"<h3>p_uncond={p}</h3>" in page for p in P_UNCONDS) and "p_uncond: 0.5" in page
-    assert page.count("<tr") == 1 + len(P_UNCONDS) * len(WS) and 'class="pareto"' in page
+    assert page.count("<tr") == 1 + len(P_UNCONDS) * len(WS) + 1 + len(P_UNCONDS) and 'class="pareto"' in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
 
 
@@ -81,7 +82,7 @@ def test_report_renders_offline_in_a_real_browser(tmp_path):
         driver.get((tmp_path / "report.html").as_uri())
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.className, i.complete, i.naturalWidth, i.naturalHeight])")
-        assert len(images) == 4 + len(P_UNCONDS) * len(WS)
+        assert len(images) == 5 + len(P_UNCONDS) * len(WS)
         assert all(done and width > 0 and height > 0 for _, done, width, height in images), images
         for plot in driver.find_elements("css selector", "img.plot"):
             assert non_white_fraction(plot.screenshot_as_png) > 0.02  # axes, lines and markers, not a blank box
@@ -125,10 +126,11 @@ def test_report_of_an_ema_sweep_has_the_heat_map_one_curve_per_length_and_the_be
     points = fake_ema_sweep(tmp_path / "eval")
     aggregate(tmp_path / "eval", wandb_mode="off")
     page = (tmp_path / "eval" / "report.html").read_text()
-    assert page.count('<img class="plot"') == 5 and 'alt="FID over (sigma_rel, w), eval' in page
+    assert page.count('<img class="plot"') == 6 and 'alt="FID over (sigma_rel, w), eval' in page
+    assert "<td class=\"run\">eval, sigma_rel=0.05</td>" in page.split("<h2>Ranking</h2>")[1]  # lengths ranked
     assert "best: sigma_rel=0.05, w=1 (FID 20.5)" in page
     assert "at w=0: sigma_rel=0.1 (FID 21)" in page and "at w=4: sigma_rel=0.05 (FID 92.5)" in page
-    assert page.count("<tr") == 1 + len(points) and "<td class=\"run\">eval, checkpoint EMA</td>" in page
+    assert page.count("<tr") == 1 + len(points) + 1 + 3 and "<td class=\"run\">eval, checkpoint EMA</td>" in page
     table = (tmp_path / "eval" / "aggregate.md").read_text()
     assert "| w | eval, checkpoint EMA | eval, sigma_rel=0.05 | eval, sigma_rel=0.1 |" in table
     driver = browser()
@@ -179,5 +181,35 @@ def test_report_of_repeated_points_has_bands_spreads_and_wins(tmp_path):
         assert drawn["rep"] > 1.5 * drawn["plain"], drawn  # the band of +- 1 std is drawn
         driver.get((tmp_path / "rep" / "report.html").as_uri())
         assert "w=1 in 2" in driver.find_element("css selector", "pre.repeats").text
+    finally:
+        driver.quit()
+
+
+def test_report_of_per_class_metrics_has_heat_maps_and_names_the_classes_losing_recall(tmp_path):
+    """Class 2's recall falls from 0.9 to 0.2 as w grows, the others' by 0.1 or less."""
+    run = tmp_path / "eval"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("metrics:\n  per_class: true\n")
+    points = []
+    for w in WS:
+        recall = [0.9 - 0.02 * w, 0.85, 0.9 - 0.175 * w, 0.8 - 0.025 * w]
+        per_class = [{"class": k, "n": 100, "fid": 10 + k + 5 * w * (k == 2), "precision": 0.8, "recall": r,
+                      "accuracy": 0.9} for k, r in enumerate(recall)]
+        points.append({"w": w, "step": 500, "fid": 10 + w, "is": 5 + w, "precision": 0.8, "recall": sum(recall) / 4,
+                       "nfe": 40.0, "per_class": per_class})
+    (run / "sweep.json").write_text(json.dumps({"points": points}))
+    aggregate(run, wandb_mode="off")
+    page = (run / "report.html").read_text()
+    assert "<h2>Per class</h2>" in page and page.count('alt="per-class ') == 2
+    assert "recall lost from w=0 to w=4: class 2 0.9 -&gt; 0.2, class 3 0.8 -&gt; 0.7, class 0 0.9 -&gt; 0.82" in page
+    assert "per_class" not in (run / "aggregate.csv").read_text().splitlines()[0]
+    driver = browser()
+    try:
+        driver.get((run / "report.html").as_uri())
+        for alt in ("per-class FID over w", "per-class recall over w"):
+            heat_map = driver.find_element("css selector", f'img[alt^="{alt}"]')
+            assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heat_map) > 0
+            assert non_white_fraction(heat_map.screenshot_as_png) > 0.3  # the cells are coloured
+        assert "class 2 0.9 -> 0.2" in driver.find_element("css selector", "pre.per-class").text
     finally:
         driver.quit()

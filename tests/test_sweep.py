@@ -249,7 +249,7 @@ def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_r
         ckpts[name] = tmp_path / name / "checkpoints" / "last.ckpt"
     cmd = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt_path={ckpts['strong']}", f"hydra.run.dir={tmp_path / 'eval'}",
            "guidance=autoguidance", f"guidance.guide_ckpt={ckpts['weak']}", "sweep.ws=[0,2]", "sweep.num_samples=40",
-           "sweep.repeats=2", "sampler.steps=4", "logger=wandb", "logger.wandb.mode=offline"]
+           "sweep.repeats=2", "sampler.steps=4", "logger=wandb", "logger.wandb.mode=offline", "metrics.per_class=true"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     points = json.loads((tmp_path / "eval" / "sweep.json").read_text())["points"]
@@ -272,6 +272,13 @@ def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_r
     assert f"{points[0]['fid']:.4g}±{points[0]['fid_std']:.2g}" in proc.stdout
     table = json.loads(next(evaluation_dir.rglob("sweep/table_*.table.json")).read_text())
     assert "fid_std" in table["columns"] and "repeats" in table["columns"]
+    # per-class metrics: every class at every w, with their spread over the repeats, in per_class.csv and the report
+    assert [len(p["per_class"]) for p in points] == [10, 10] and all(c["n"] == 4 for c in points[0]["per_class"])
+    assert all("fid_std" in c and "recall_std" in c for c in points[1]["per_class"])
+    lines = (tmp_path / "eval" / "per_class.csv").read_text().splitlines()
+    assert lines[0].startswith("step,w,class,n,fid,fid_std,precision") and len(lines) == 1 + 2 * 10
+    assert "step 30: recall lost from w=0 to w=2: class " in proc.stdout
+    assert "<h2>Per class</h2>" in (tmp_path / "eval" / "report.html").read_text()
 
 
 def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):

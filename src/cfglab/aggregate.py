@@ -6,8 +6,9 @@
 Each job directory holding a sweep.json is one run; the overrides that differ between runs (e.g.
 module.p_uncond) name it. Only each run's latest training step is used. Writes aggregate.csv (one row per run
 and w), aggregate.md (per metric: rows w, one column per run), aggregate.png and report.html (self-contained:
-curves, Pareto front, table, sample grids, configs) to that directory. With --wandb (or when the runs logged to
-W&B) the table and multi-series plots also go to a W&B run of job type "aggregate" in the multirun's group.
+curves, Pareto front, table, sample grids, configs) to that directory, and for two runs or more their ranking
+at each one's best w with its cost (ranking.md, ranking.csv, fid_vs_nfe.png; cfglab.ranking). With --wandb (or
+when the runs logged to W&B) the table and multi-series plots also go to a W&B run of job type "aggregate" in the multirun's group.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 
 import yaml
 
+from cfglab import ranking
 from cfglab.loggers import run_group, wandb_api_key_configured
 from cfglab.report import write_report
 from cfglab.sweep import ema_label, plot_tradeoff
@@ -90,13 +92,16 @@ def aggregate(multirun_dir: str | Path, metrics: Sequence[str] = TABLE_METRICS, 
     when the runs logged there (offline unless an API key is configured)."""
     root = Path(multirun_dir)
     varying, rows, runs = _collect(find_runs(root))
-    columns = list(dict.fromkeys(k for r in rows for k in r if k != "per_repeat"))  # each repeat: in sweep.json
+    columns = list(dict.fromkeys(k for r in rows for k in r if k not in ("per_repeat", "per_class")))  # in sweep.json
     with open(root / "aggregate.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (root / "aggregate.md").write_text(markdown(rows, metrics))
     plot_tradeoff(rows, root / "aggregate.png", title=root.name, by="curve")
+    ranked = ranking.rank(rows)
+    if len(ranked) > 1:  # the runs (e.g. guidance methods) each at its best w, with its cost
+        write_ranking(root, ranked)
     for run in runs:
         config = run["dir"] / ".hydra" / "config.yaml"
         run["config"] = config.read_text() if config.is_file() else "(no .hydra/config.yaml)"
@@ -106,6 +111,23 @@ def aggregate(multirun_dir: str | Path, metrics: Sequence[str] = TABLE_METRICS, 
     if wandb_mode in ("online", "offline"):
         log_to_wandb(root, runs, rows, wandb_mode)
     return root / "aggregate.md"
+
+
+def write_ranking(root: Path, ranked: Sequence[dict]) -> None:
+    """ranking.md, ranking.csv and fid_vs_nfe.png of `ranked` (cfglab.ranking.rank) in `root`."""
+    import matplotlib.pyplot as plt
+
+    (root / "ranking.md").write_text(ranking.markdown(ranked))
+    columns = ["rank", "run", "w", "fid", "fid_std", "repeats", "nfe", "seconds_per_1000", "pareto", "fid_minus_leader",
+               "fid_minus_leader_se", "real"]
+    with open(root / "ranking.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for i, r in enumerate(ranked, 1):
+            writer.writerow([i, *(r[c] for c in columns[1:9]), *(r["vs_best"] or ("", "", ""))])
+    fig = ranking.plot_fid_vs_nfe(ranked)
+    fig.savefig(root / "fid_vs_nfe.png", dpi=120)
+    plt.close(fig)
 
 
 def log_to_wandb(root: Path, runs: list[dict], rows: list[dict], mode: str) -> None:
@@ -141,7 +163,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     path = aggregate(args.multirun_dir, args.metrics, args.wandb)
     print(path.read_text())
-    print(f"written: {path.with_suffix('.csv')}, {path}, {path.with_suffix('.png')}, {path.parent / 'report.html'}")
+    written = [path.with_suffix(".csv"), path, path.with_suffix(".png"), path.parent / "report.html"]
+    if (path.parent / "ranking.md").is_file():
+        print((path.parent / "ranking.md").read_text())
+        written += [path.parent / "ranking.md", path.parent / "ranking.csv", path.parent / "fid_vs_nfe.png"]
+    print(f"written: {', '.join(map(str, written))}")
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def check_train_config(cfg: DictConfig) -> None:
                                                        schedule=schedule or Cosine(),
                                                        num_classes=data.num_classes if data is not None else 1,
                                                        weighting=weighting))
-    _check_metrics(cfg.metrics, data, p)
+    _check_metrics(cfg, data, p)
     kind = None if stand_ins or module is None else model_kind(module.num_classes, module.target, module.schedule)
     _check_sampling(cfg, p, data, None if net is None else net.guidance_range, schedule, kind,
                     {"sweep.ws": "sweep", "grids.ws": "grids"}, None if net is None else learned_variance(net),
@@ -188,7 +188,7 @@ def check_evaluate_config(cfg: DictConfig) -> None:
                                "trained on; give their folder (ImageNet's train folder for DiT)")
     if ckpt is not None:  # the lengths and their snapshots (messages name their keys)
         p.build("", lambda: EMASweep.from_config(cfg, ckpt))
-    _check_metrics(cfg.metrics, None, p)
+    _check_metrics(cfg, None, p, getattr(data, "num_classes", None))
     p.raise_if_any("evaluate")
 
 
@@ -290,11 +290,21 @@ def _check_sampling(cfg: DictConfig, p: _Problems, data, guidance_range, schedul
             p.build("guidance.guide_ckpt", lambda: check_same_kind(kind, guide.kind, repr(guidance.guide_ckpt)))
 
 
-def _check_metrics(node: DictConfig, data, p: _Problems) -> None:
-    from cfglab.metrics.fidelity import check_metrics_args
+def _check_metrics(cfg: DictConfig, data, p: _Problems, num_classes: Optional[int] = None) -> None:
+    """The metrics group; with per-class metrics also the samples per class the sweep gives (balanced labels)."""
+    from cfglab.metrics.fidelity import check_metrics_args, check_per_class
+    from cfglab.sweep import balanced_labels
 
-    args = {k: node[k] for k in ("extractor", "reference_split", "weights_path", "allow_download") if k in node}
-    p.build("metrics", lambda: check_metrics_args(datamodule=data, **args))
+    node = cfg.metrics
+    args = {k: node[k] for k in ("extractor", "reference_split", "weights_path", "allow_download", "per_class",
+                                 "prc_neighborhood") if k in node}
+    ok = p.build("metrics", lambda: check_metrics_args(datamodule=data, num_classes=num_classes, **args) or True)
+    num_samples = _value(cfg.sweep, "num_samples") if "sweep" in cfg else None
+    num_classes = getattr(data, "num_classes", num_classes)
+    if ok and args.get("per_class") and num_classes and isinstance(num_samples, int) and num_samples > 0:
+        counts = torch.bincount(balanced_labels(num_samples, num_classes), minlength=num_classes).tolist()
+        p.build("sweep.num_samples", lambda: check_per_class(num_classes, args.get("prc_neighborhood", 3), counts,
+                                                             f"samples of sweep.num_samples={num_samples}"))
 
 
 def _resume_path(cfg: DictConfig, ckpt_path: Any) -> Optional[Path]:

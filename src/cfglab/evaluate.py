@@ -15,6 +15,7 @@ from cfglab.devices import resolve_device
 from cfglab.ema_sweep import EMASweep
 from cfglab.grids import save_samples
 from cfglab.loggers import checkpoint_job_loggers, finish_wandb
+from cfglab.per_class import format_recall_losses
 from cfglab.published.model import open_model
 from cfglab.stamp import write_stamp
 from cfglab.sweep import (SweepRecord, balanced_labels, ema_label, format_best, format_table, plot_tradeoff, run_points,
@@ -73,7 +74,10 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     print(format_table(points))
     print(format_best(points))
     results = [out_dir / "sweep.csv", out_dir / "sweep.json", out_dir / "tradeoff.png"]
-    if ema is not None:  # the heat map of FID over (sigma_rel, w) and one curve per sigma_rel
+    if metrics.per_class:
+        print(format_recall_losses(points))
+        results.append(out_dir / "per_class.csv")
+    if ema is not None or metrics.per_class:  # heat maps over (sigma_rel, w) and over (class, w)
         from cfglab.aggregate import aggregate
 
         aggregate(out_dir, wandb_mode="off")

@@ -1,6 +1,7 @@
 """One self-contained HTML page for a run or a multirun: the trade-off curves with one line per run, the Pareto
 front of FID against IS, the table, every run's sample grid at every w, and each run's config; for a sweep over
-post-hoc EMA lengths, one line per length and a heat map of FID over (sigma_rel, w) with the best pair.
+post-hoc EMA lengths, one line per length and a heat map of FID over (sigma_rel, w) with the best pair; with
+per-class metrics, heat maps of every class's FID and recall over w and the classes losing the most recall.
 
 Everything is inside the file (images as data: URIs, no script, no stylesheet or font from elsewhere), so it
 opens from disk with no network: on an offline cluster, in a review, in a paper's supplement.
@@ -14,6 +15,8 @@ import io
 from pathlib import Path
 from typing import Sequence
 
+from cfglab import ranking
+from cfglab.per_class import format_recall_losses
 from cfglab.sweep import METRICS, ema_label, format_best, sweep_grid_path
 
 STYLE = """
@@ -31,20 +34,13 @@ pre { background: #f7f7f7; padding: 0.5em; font-size: 0.8em; max-height: 30em; o
 """
 
 
-def pareto_front(points: Sequence[dict]) -> list[int]:
-    """Indices of the points no other point beats on both FID (lower) and IS (higher)."""
-    front = []
-    for i, p in enumerate(points):
-        dominated = any(q["fid"] <= p["fid"] and q["is"] >= p["is"] and (q["fid"], q["is"]) != (p["fid"], p["is"])
-                        for q in points)
-        if not dominated:
-            front.append(i)
-    return front
-
-
 def _png(fig) -> str:
+    """The figure as a PNG data URI; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -79,25 +75,57 @@ def trade_off_figures(rows: Sequence[dict]) -> dict[str, str]:
                     ax.annotate(f"{r['w']:g}", (r[xk], r[yk]), textcoords="offset points", xytext=(3, 3), fontsize=7)
         if xk == "is":
             scored = [r for r in rows if isinstance(r.get("fid"), float) and isinstance(r.get("is"), float)]
-            front = sorted((scored[i] for i in pareto_front(scored)), key=lambda r: r["is"])
+            front = sorted((scored[i] for i in ranking.pareto_front(scored)), key=lambda r: r["is"])
             ax.plot([r["is"] for r in front], [r["fid"] for r in front], "k--", linewidth=1, label="Pareto front")
         ax.set(xlabel=xk if xk != "is" else "IS", ylabel=yk if yk != "fid" else "FID", title=caption)
         ax.legend(fontsize=7)
         fig.tight_layout()
         figures[caption] = _png(fig)
-        plt.close(fig)
     return figures
 
 
-def ema_heat_maps(rows: Sequence[dict]) -> dict[str, str]:
-    """{caption: PNG data URI}: per run swept over post-hoc EMA lengths, FID over (sigma_rel, w), each cell
-    labelled, the best of each column (w) outlined and the best of all starred."""
+def _heat_map(values, row_labels: Sequence[str], ws: Sequence[float], ylabel: str, title: str, label: str,
+              lower_is_better: bool = True, worst: bool = False) -> str:
+    """PNG data URI of `values` (rows x ws) with each cell labelled (up to 40 rows), the best of each column
+    outlined and the best of all starred; with `worst`, the worst of each column outlined and no star."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.patches import Rectangle
+
+    values = np.asarray(values, dtype=float)
+    sign = 1 if lower_is_better else -1
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(ws), 1.2 + 0.45 * min(len(row_labels), 40)))
+    image = ax.imshow(values, cmap="viridis_r" if lower_is_better else "viridis", aspect="auto")
+    best = np.unravel_index(np.nanargmin(sign * values), values.shape)
+    outlined = -sign if worst else sign
+    lo, hi = np.nanmin(values), np.nanmax(values)
+    light = (sign * (values - (lo if lower_is_better else hi))) < 0.6 * (hi - lo)  # yellow cells: dark text
+    if len(row_labels) <= 40:
+        for i in range(len(row_labels)):
+            for j in range(len(ws)):
+                if np.isfinite(values[i, j]):
+                    mark = "*" if not worst and (i, j) == best else ""
+                    ax.text(j, i, f"{values[i, j]:.3g}{mark}", ha="center", va="center", fontsize=7,
+                            color="k" if light[i, j] else "w")
+        ax.set_yticks(range(len(row_labels)), row_labels)
+    for j in range(len(ws)):
+        if np.isfinite(values[:, j]).any():
+            ax.add_patch(Rectangle((j - 0.5, np.nanargmin(outlined * values[:, j]) - 0.5), 1, 1, fill=False,
+                                   edgecolor="red"))
+    ax.set_xticks(range(len(ws)), [f"{w:g}" for w in ws])
+    ax.set(xlabel="w", ylabel=ylabel, title=title)
+    fig.colorbar(image, ax=ax, label=label)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def ema_heat_maps(rows: Sequence[dict]) -> dict[str, str]:
+    """{caption: PNG data URI}: per run swept over post-hoc EMA lengths, FID over (sigma_rel, w), each cell
+    labelled, the best of each column (w) outlined and the best of all starred."""
+    import numpy as np
 
     figures = {}
     for run in dict.fromkeys(r["run"] for r in rows if "sigma_rel" in r):
@@ -107,55 +135,77 @@ def ema_heat_maps(rows: Sequence[dict]) -> dict[str, str]:
         fid = np.full((len(lengths), len(ws)), np.nan)
         for r in pts:
             fid[lengths.index(r["sigma_rel"]), ws.index(r["w"])] = r["fid"]
-        fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(ws), 1.2 + 0.45 * len(lengths)))
-        image = ax.imshow(fid, cmap="viridis_r", aspect="auto")
-        best = np.unravel_index(np.nanargmin(fid), fid.shape)
-        light = (fid - np.nanmin(fid)) < 0.6 * (np.nanmax(fid) - np.nanmin(fid))  # viridis_r: low FID is yellow
-        for i in range(len(lengths)):
-            for j in range(len(ws)):
-                if np.isfinite(fid[i, j]):
-                    star = "*" if (i, j) == best else ""
-                    ax.text(j, i, f"{fid[i, j]:.3g}{star}", ha="center", va="center", fontsize=7,
-                            color="k" if light[i, j] else "w")
-        for j in range(len(ws)):
-            if np.isfinite(fid[:, j]).any():
-                ax.add_patch(Rectangle((j - 0.5, np.nanargmin(fid[:, j]) - 0.5), 1, 1, fill=False, edgecolor="red"))
-        ax.set_xticks(range(len(ws)), [f"{w:g}" for w in ws])
-        ax.set_yticks(range(len(lengths)), [ema_label(s).removeprefix("sigma_rel=") for s in lengths])
-        ax.set(xlabel="w", ylabel="sigma_rel", title=f"FID, {run}")
-        fig.colorbar(image, ax=ax, label="FID")
-        fig.tight_layout()
-        figures[f"FID over (sigma_rel, w), {run}: red, the best EMA length at each w; *, the best pair"] = _png(fig)
-        plt.close(fig)
+        labels = [ema_label(s).removeprefix("sigma_rel=") for s in lengths]
+        caption = f"FID over (sigma_rel, w), {run}: red, the best EMA length at each w; *, the best pair"
+        figures[caption] = _heat_map(fid, labels, ws, "sigma_rel", f"FID, {run}", "FID")
     return figures
+
+
+def per_class_heat_maps(rows: Sequence[dict]) -> dict[str, str]:
+    """{caption: PNG data URI}: per curve with per-class metrics, FID and recall of every class over w (red: the
+    worst class at each w)."""
+    import numpy as np
+
+    figures = {}
+    for curve in dict.fromkeys(r.get("curve", r["run"]) for r in rows if r.get("per_class")):
+        pts = sorted((r for r in rows if r.get("curve", r["run"]) == curve and r.get("per_class")), key=lambda r: r["w"])
+        ws, classes = [r["w"] for r in pts], [str(c["class"]) for c in pts[0]["per_class"]]
+        for metric, lower in (("fid", True), ("recall", False)):
+            values = np.array([[c[metric] for c in r["per_class"]] for r in pts]).T  # (classes, w)
+            caption = f"per-class {metric.upper() if metric == 'fid' else metric} over w, {curve}"
+            figures[caption] = _heat_map(values, classes, ws, "class", caption, metric, lower, worst=True)
+    return figures
+
+
+def _plots(figures: dict[str, str]) -> list[str]:
+    """HTML of {caption: PNG data URI} as a row of captioned images."""
+    esc = html.escape
+    return ['<div class="plots">', *(f'<figure><img class="plot" alt="{esc(c)}" src="{uri}"><figcaption>{esc(c)}'
+                                     "</figcaption></figure>" for c, uri in figures.items()), "</div>"]
 
 
 def write_report(path: str | Path, title: str, runs: Sequence[dict], rows: Sequence[dict]) -> Path:
     """runs: {"name", "dir", "step", "config" (YAML text)}; rows: one per (run, w) with "run", "w" and metrics."""
     esc = html.escape
     scored = [r for r in rows if isinstance(r.get("fid"), float) and isinstance(r.get("is"), float)]
-    front = {id(scored[i]) for i in pareto_front(scored)}
+    front = {id(scored[i]) for i in ranking.pareto_front(scored)}
     metrics = [m for m in (*METRICS, "nfe") if any(isinstance(r.get(m), (int, float)) for r in rows)]
     out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
            f"<h1>{esc(title)}</h1>",
            f"<p>{len(runs)} run(s), guidance strengths w = {', '.join(f'{w:g}' for w in sorted({r['w'] for r in rows}))}"
            " (the paper's w: eps~ = (1 + w) eps(x, c) - w eps(x, null)).</p>",
-           "<h2>Trade-off curves</h2>", '<div class="plots">']
-    for caption, uri in trade_off_figures(rows).items():
-        out.append(f'<figure><img class="plot" alt="{esc(caption)}" src="{uri}"><figcaption>{esc(caption)}</figcaption>'
-                   "</figure>")
-    out.append("</div>")
+           "<h2>Trade-off curves</h2>", *_plots(trade_off_figures(rows))]
     heat_maps = ema_heat_maps(rows)
     if heat_maps:
         out += ["<h2>EMA length and guidance</h2>", "<p>Post-hoc EMA lengths (Karras et al. 2024, sec. 3) reconstructed "
-                "from the run's snapshots; the checkpoint EMA is the run's own fixed-decay EMA.</p>", '<div class="plots">']
-        out += [f'<figure><img class="plot" alt="{esc(c)}" src="{uri}"><figcaption>{esc(c)}</figcaption></figure>'
-                for c, uri in heat_maps.items()]
-        out.append("</div>")
+                "from the run's snapshots; the checkpoint EMA is the run's own fixed-decay EMA.</p>", *_plots(heat_maps)]
         for run in dict.fromkeys(r["run"] for r in rows if "sigma_rel" in r):
             best = format_best([r for r in rows if r["run"] == run and "sigma_rel" in r])
             out.append(f'<pre class="best">{esc(run)}: {esc(best)}</pre>')
+    ranked = ranking.rank(rows)
+    if len(ranked) > 1:
+        out += ["<h2>Ranking</h2>", "<p>Each run at its lowest-FID w, with what that point costs (network evaluations "
+                "per sample; seconds of sampling and metrics per 1,000 images). With repeats, each run's FID is compared "
+                "with the leader's repeat by repeat on the same noise: real when the 95 % t interval of the paired "
+                "difference excludes 0. Bold: on the Pareto front of FID against NFE.</p>",
+                '<table class="ranking"><tr><th>rank</th><th>run</th><th>best w</th><th>FID</th><th>NFE</th>'
+                "<th>s / 1,000 images</th><th>FID &minus; leader's</th></tr>"]
+        for i, r in enumerate(ranked, 1):
+            cells = [str(i), r["run"], f"{r['w']:g}", ranking.fid_cell(r), ranking.num(r["nfe"]),
+                     ranking.num(r["seconds_per_1000"]), ranking.difference_cell(r)]
+            tds = "".join(f'<td class="run">{esc(c)}</td>' if j == 1 else f"<td>{esc(c)}</td>" for j, c in enumerate(cells))
+            out.append(('<tr class="pareto">' if r["pareto"] else "<tr>") + tds + "</tr>")
+        front = {"FID vs NFE, each run at its best w; Pareto front dashed": _png(ranking.plot_fid_vs_nfe(ranked))}
+        out += ["</table>", *_plots(front)]
+    class_maps = per_class_heat_maps(rows)
+    if class_maps:
+        out += ["<h2>Per class</h2>", "<p>Each class's samples against that class's reference images, on the "
+                "features of the pooled metrics (red: the worst class at each w).</p>", *_plots(class_maps)]
+        for run in dict.fromkeys(r["run"] for r in rows if r.get("per_class")):
+            losses = format_recall_losses([r for r in rows if r["run"] == run])
+            if losses:
+                out.append(f'<pre class="per-class">{esc(run)}: {esc(losses)}</pre>')
     repeated = list(dict.fromkeys(r["run"] for r in rows if r.get("per_repeat")))
     if repeated:
         out += ["<h2>Repeats</h2>", "<p>Each point measured on the same disjoint noise sets at every w: mean and "

@@ -158,16 +158,41 @@ def format_best(points: Sequence[dict]) -> str:
 def summarize_repeats(runs: Sequence[dict]) -> dict:
     """One point's metrics from its repeats' metric dicts: the repeat itself when there is one; else every metric's
     mean, its standard deviation over the repeats (`fid_std`, ...; n - 1 in the denominator), `repeats` and the
-    repeats themselves (`per_repeat`)."""
+    repeats' pooled metrics (`per_repeat`); per-class metrics are summarised class by class the same way."""
     if len(runs) == 1:
         return {k: v for k, v in runs[0].items() if k != "seconds"}
+    out = _mean_std(runs)
+    if "per_class" in runs[0]:
+        out["per_class"] = [_mean_std(rows) for rows in zip(*(r["per_class"] for r in runs))]
+    return {**out, "repeats": len(runs), "per_repeat": [{k: v for k, v in r.items() if k != "per_class"} for r in runs]}
+
+
+def _mean_std(runs: Sequence[dict]) -> dict:
     out = {}
-    for k in (k for k in runs[0] if k != "seconds"):
+    for k in (k for k in runs[0] if k not in ("seconds", "per_class")):
+        if k in ("class", "n"):  # the same in every repeat
+            out[k] = runs[0][k]
+            continue
         values = torch.tensor([r[k] for r in runs], dtype=torch.float64)
         out[k] = float(values.mean())
         if k in METRICS:
             out[f"{k}_std"] = float(values.std())
-    return {**out, "repeats": len(runs), "per_repeat": list(runs)}
+    return out
+
+
+def per_class_rows(points: Sequence[dict]) -> list[dict]:
+    """One row per point and class: step, sigma_rel (in a sweep over EMA lengths), w, class, its sample count n
+    and its metrics (with their standard deviations over repeats)."""
+    return [{"step": p.get("step", 0), **({"sigma_rel": p["sigma_rel"]} if "sigma_rel" in p else {}), "w": p["w"], **c}
+            for p in sorted(points, key=point_order) for c in p.get("per_class", ())]
+
+
+def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    lines = [",".join(columns)]
+    for r in rows:
+        lines.append(",".join("" if r.get(c) is None else f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c])
+                              for c in columns))
+    return "\n".join(lines) + "\n"
 
 
 def sweep_grid_path(out_dir: str | Path, step: int, w: float, sigma_rel: Optional[float] = None) -> Path:
@@ -203,13 +228,14 @@ class SweepRecord:
         self.write_csv()
 
     def write_csv(self) -> Path:
-        path = self.out_dir / "sweep.csv"
-        columns = columns_of(self.points)
-        lines = [",".join(columns)]
-        for p in sorted(self.points, key=point_order):
-            lines.append(",".join("" if p.get(c) is None else f"{p[c]:.6g}" if isinstance(p[c], float) else str(p[c])
-                                  for c in columns))
-        return atomic_write_text(path, "\n".join(lines) + "\n")
+        """sweep.csv, and per_class.csv when the points hold per-class metrics."""
+        rows = per_class_rows(self.points)
+        if rows:
+            columns = [c for c in ("step", "sigma_rel", "w", "class", "n") if c in rows[0]]
+            columns += [c for c in rows[0] if c not in columns]
+            atomic_write_text(self.out_dir / "per_class.csv", csv_text(rows, columns))
+        return atomic_write_text(self.out_dir / "sweep.csv", csv_text(sorted(self.points, key=point_order),
+                                                                      columns_of(self.points)))
 
 
 def plot_tradeoff(points: Sequence[dict], path: str | Path, title: str = "", by: str = "step") -> Path:
@@ -267,11 +293,13 @@ def run_points(module, sweep: SweepSettings, sampler, guidance: Guidance, sample
     rank, world, gather = shard or (0, 1, None)
     labels = balanced_labels(sweep.num_samples, module.num_classes)
     settings = describe_settings(sample_kwargs)
-    repeats = {"repeats": sweep.repeats} if sweep.repeats > 1 else {}  # a single set keeps the keys it always had
+    extra = {"repeats": sweep.repeats} if sweep.repeats > 1 else {}  # a single set keeps the keys it always had
+    if getattr(metrics, "per_class", False):  # a point measured without them is measured again
+        extra["per_class"] = True
     out = []
     for w in sweep.ws:
         key = {"w": w, "step": int(step), "sampler": repr(sampler), "guidance": repr(guidance), "sampling": settings,
-               "num_samples": sweep.num_samples, "batch_size": sweep.batch_size, "seed": sweep.seed, **repeats,
+               "num_samples": sweep.num_samples, "batch_size": sweep.batch_size, "seed": sweep.seed, **extra,
                **(variant or {})}
         done = record.find(key)
         if done is not None:
