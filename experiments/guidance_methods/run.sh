@@ -16,7 +16,7 @@ OUT=experiments/guidance_methods/runs
   touch "$OUT/model/.done"
 }
 SWEEP=(ckpt_path="$OUT/model/checkpoints/last.ckpt" sampler=dpmpp_2m sampling.precision=bf16-mixed
-       sampling.batched=false sweep.ws='[0.3,0.5,1,2]' sweep.num_samples=500 sweep.batch_size=500 sweep.repeats=3
+       sampling.batched=false sweep.ws='[0.2,0.3,0.5,1,2]' sweep.num_samples=500 sweep.batch_size=500 sweep.repeats=3
        metrics.per_class=true hydra.sweep.dir="$OUT/methods")
 # finished points are kept: rerunning the same commands resumes
 python evaluate.py -m "${SWEEP[@]}" guidance=cfg,interval_narrow,interval_high,apg,rescale sampler.steps=20 \
