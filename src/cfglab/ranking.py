@@ -4,8 +4,8 @@ with what that point costs: NFE per sample and seconds, and the Pareto front of 
 With repeats the runs share their noise sets (sweep.repeats: the same seeds for every w and every method), so each
 run's FID at its best w is compared with the leader's repeat by repeat: the paired difference, its standard error
 and whether its 95 % t interval excludes zero. Each run's best w is chosen on the same repeats it is scored on,
-which flatters every run a little (the minimum of noisy values); the paired difference is unbiased only for the
-two points as chosen.
+which flatters every run a little (the minimum of noisy values); the paired difference compares the two points
+as chosen.
 """
 
 from __future__ import annotations
@@ -64,8 +64,7 @@ def rank(rows: Sequence[dict]) -> list[dict]:
         out.append({"run": p.get("curve", p["run"]), "w": p["w"], "fid": p["fid"], "fid_std": p.get("fid_std"),
                     "repeats": p.get("repeats", 1), "nfe": p.get("nfe"),
                     "seconds_per_1000": 1000 * p["seconds"] / images if images and "seconds" in p else None,
-                    "pareto": id(p) in on_front, "vs_best": paired_difference(p, best[0]) if out else None,
-                    "point": p})
+                    "pareto": id(p) in on_front, "vs_best": paired_difference(p, best[0]) if out else None})
     return out
 
 
