@@ -8,7 +8,8 @@ module.p_uncond) name it. Only each run's latest training step is used. Writes a
 and w), aggregate.md (per metric: rows w, one column per run), aggregate.png and report.html (self-contained:
 curves, Pareto front, table, sample grids, configs) to that directory, and for two runs or more their ranking
 at each one's best w with its cost (ranking.md, ranking.csv, fid_vs_nfe.png; cfglab.ranking). With --wandb (or
-when the runs logged to W&B) the table and multi-series plots also go to a W&B run of job type "aggregate" in the multirun's group.
+when the runs logged to W&B) the table and multi-series plots also go to a W&B run of job type "aggregate" in
+the multirun's group.
 """
 
 from __future__ import annotations
