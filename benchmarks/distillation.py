@@ -7,8 +7,10 @@
 Rows, each sampling `--samples` balanced-label images at every w with the labels and seeds of a sweep:
   teacher, DPM-Solver++(2M) `--steps` (the baseline: two forwards per guided step, one at w = 0);
   stage-one student, the same sampler and steps (one forward per step at every w);
-  each progressive student at DDIM with the steps it was distilled for, next to the teacher at the same DDIM
-  steps (what the few steps give without distillation).
+  each progressive student at DDIM with the steps N it was distilled for (one row per checkpoint: several
+  rounds of different lengths can be compared), and, once per N, the teacher with DDIM and with DPM-Solver++ at N
+  steps (2N NFE when guided) and at N NFE (N / 2 steps when guided, N at w = 0): what few steps give without
+  distillation.
 Times cover sampling alone (no metrics), with the default `sampling` settings, and are given as ratios to the
 baseline measured in this run; the domain classifier's FID / IS / precision / recall / accuracy come after.
 
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import time
+from typing import Callable
 
 import torch
 
@@ -32,18 +35,21 @@ from cfglab.checkpoints import Checkpoint
 from cfglab.diffusion.guidance import CFG
 from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M
 from cfglab.diffusion.sampling import SamplingSettings, sample_batches
+from cfglab.diffusion.weighting import TruncatedSNR, Uniform
 from cfglab.lightning.distillation import GuidanceDistillation, ProgressiveDistillation
 from cfglab.models.student import student_net
 from cfglab.metrics.fidelity import build_metrics
 from cfglab.sweep import balanced_labels
 
 
-def sweep_row(name, module, dm, sampler, ws, metrics, args) -> dict:
-    """Sample every w of `ws` with `module` and `sampler`; sampling seconds (all w) and metrics per w."""
+def sweep_row(name, module, dm, sampler_at: Callable, ws, metrics, args) -> dict:
+    """Sample every w of `ws` with `module` and the sampler `sampler_at(w)`; sampling seconds (all w) and metrics
+    per w."""
     labels = balanced_labels(args.samples, module.num_classes)
     settings = SamplingSettings().resolve(module.device, dm.data_range)
-    row = {"model": name, "sampler": repr(sampler), "seconds": 0.0, "points": []}
+    row = {"model": name, "sampler": repr(sampler_at(max(ws))), "seconds": 0.0, "points": []}
     for w in ws:
+        sampler = sampler_at(w)
         sync(module.device)
         t0 = time.perf_counter()
         images, nfe = sample_batches(sampler=sampler, guidance=CFG(), w=w, labels=labels, batch_size=args.batch,
@@ -52,9 +58,22 @@ def sweep_row(name, module, dm, sampler, ws, metrics, args) -> dict:
         seconds = time.perf_counter() - t0
         row["seconds"] += seconds
         m = metrics(images, labels)
-        row["points"].append({"w": w, "nfe": nfe, "seconds": seconds,
+        row["points"].append({"w": w, "steps": sampler.steps, "nfe": nfe, "seconds": seconds,
+                              "seconds_per_100": 100 * seconds / args.samples,
                               **{k: m[k] for k in ("fid", "is", "precision", "recall", "accuracy")}})
     return row
+
+
+def teacher_rows(teacher, dm, steps: int, ws, metrics, args) -> list[dict]:
+    """The teacher with DDIM and DPM-Solver++(2M) at `steps` steps, and at `steps` network evaluations (half the
+    steps when guided, two forwards each)."""
+    rows = []
+    for label, cls in (("DDIM", DDIM), ("DPM++", DPMSolverPP2M)):
+        rows.append(sweep_row(f"teacher, {label} {steps}", teacher, dm, lambda w: cls(steps=steps), ws, metrics, args))
+        if steps >= 2:
+            rows.append(sweep_row(f"teacher, {label} at {steps} NFE", teacher, dm,
+                                  lambda w: cls(steps=steps if w == 0 else steps // 2), ws, metrics, args))
+    return rows
 
 
 def step_seconds(module, shape, args) -> float:
@@ -78,10 +97,13 @@ def step_seconds(module, shape, args) -> float:
 
 def training_cost(args, teacher, shape) -> dict:
     """Per-step seconds of teacher training, stage one and a progressive round, and the presets' totals."""
+    # the presets' loss: truncated SNR, which an eps teacher distils without
+    weighting = Uniform() if teacher.target == "eps" else TruncatedSNR()
     stage1 = GuidanceDistillation(student_net(args.teacher, shape[-1], shape[0], teacher.num_classes, [0, 4]),
-                                  teacher.schedule, teacher.num_classes, args.teacher)
+                                  teacher.schedule, teacher.num_classes, args.teacher, weighting=weighting)
     stage2 = ProgressiveDistillation(student_net(args.student, shape[-1], shape[0], teacher.num_classes),
-                                     teacher.schedule, teacher.num_classes, args.student, student_steps=8)
+                                     teacher.schedule, teacher.num_classes, args.student, student_steps=8,
+                                     weighting=weighting)
     for m in (stage1, stage2):
         m.teacher.to(args.device)
     seconds = {name: step_seconds(m, shape, args) for name, m in
@@ -125,39 +147,44 @@ def main() -> None:
     dm, teacher = Checkpoint.open(args.teacher).module(data)
     models = {"teacher": teacher.to(args.device), "student": Checkpoint.open(args.student).module(data)[1].to(args.device)}
     metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache, device=args.device)
-    solver = DPMSolverPP2M(steps=args.steps)
+    solver = lambda w: DPMSolverPP2M(steps=args.steps)  # noqa: E731
     rows = [sweep_row("teacher", models["teacher"], dm, solver, args.ws, metrics, args),
             sweep_row("student", models["student"], dm, solver, args.ws, metrics, args)]
+    compared = set()
     for path in args.progressive:
-        steps = progressive_steps(path)
+        steps, round_steps = progressive_steps(path)
         student = Checkpoint.open(path).module(data)[1].to(args.device)
-        rows.append(sweep_row(f"progressive {steps}", student, dm, DDIM(steps=steps), args.ws, metrics, args))
-        rows.append(sweep_row(f"teacher, DDIM {steps}", models["teacher"], dm, DDIM(steps=steps), args.ws, metrics,
-                              args))
+        rows.append({**sweep_row(f"progressive {steps}, {round_steps}-step round", student, dm,
+                                 lambda w: DDIM(steps=steps), args.ws, metrics, args),
+                     "student_steps": steps, "round_steps": round_steps})
+        if steps not in compared:
+            compared.add(steps)
+            rows += teacher_rows(models["teacher"], dm, steps, args.ws, metrics, args)
     base = rows[0]
     for row in rows:
         row["time_vs_teacher"] = row["seconds"] / base["seconds"]
         for p, q in zip(row["points"], base["points"]):
             p["fid_vs_teacher"] = p["fid"] / q["fid"]
-    print(f"{'model':<22}{'sampler':<26}{'w':>5}{'NFE':>6}{'FID':>8}{'vs T':>7}{'IS':>7}{'prec':>7}{'rec':>7}"
-          f"{'acc':>7}{'s':>8}")
+    print(f"{'model':<34}{'sampler':<26}{'w':>5}{'NFE':>6}{'FID':>8}{'vs T':>7}{'IS':>7}{'prec':>7}{'rec':>7}"
+          f"{'acc':>7}{'s/100':>7}")
     for row in rows:
         for p in row["points"]:
-            print(f"{row['model']:<22}{row['sampler']:<26}{p['w']:>5g}{p['nfe']:>6.0f}{p['fid']:>8.2f}"
+            print(f"{row['model']:<34}{row['sampler']:<26}{p['w']:>5g}{p['nfe']:>6.0f}{p['fid']:>8.2f}"
                   f"{p['fid_vs_teacher']:>7.2f}{p['is']:>7.2f}{p['precision']:>7.3f}{p['recall']:>7.3f}"
-                  f"{p['accuracy']:>7.3f}{p['seconds']:>8.1f}")
-        print(f"{'':<48}sweep sampling {row['seconds']:.1f} s = {row['time_vs_teacher']:.3f} x the teacher's")
+                  f"{p['accuracy']:>7.3f}{p['seconds_per_100']:>7.2f}")
+        print(f"{'':<60}sweep sampling {row['seconds']:.1f} s = {row['time_vs_teacher']:.3f} x the teacher's")
     cost = training_cost(args, teacher, tuple(teacher.net.sample_shape))
     print(json.dumps({**describe(args.device), "samples": args.samples, "ws": args.ws, "rows": rows,
                       "training": cost}))
 
 
-def progressive_steps(path: str) -> int:
-    """The DDIM steps a progressive student was distilled for (stored with its distillation settings)."""
-    settings = Checkpoint.open(path, "point --progressive at a progressive distillation checkpoint").distillation or {}
-    if "student_steps" not in settings:
+def progressive_steps(path: str) -> tuple[int, int]:
+    """The DDIM steps a progressive student was distilled for (stored with its distillation settings), and the
+    optimizer steps of its round."""
+    stored = Checkpoint.open(path, "point --progressive at a progressive distillation checkpoint")
+    if "student_steps" not in (stored.distillation or {}):
         raise SystemExit(f"{path} is not a progressive distillation checkpoint (no student_steps)")
-    return int(settings["student_steps"])
+    return int(stored.distillation["student_steps"]), stored.step
 
 
 if __name__ == "__main__":

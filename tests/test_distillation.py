@@ -18,6 +18,7 @@ from cfglab.diffusion.guidance import CFG
 from cfglab.diffusion.samplers import DDIM
 from cfglab.diffusion.sampling import sample
 from cfglab.diffusion.schedules import Cosine
+from cfglab.diffusion.weighting import TruncatedSNR, Uniform
 from cfglab.lightning.distillation import GuidanceDistillation, ProgressiveDistillation
 from cfglab.lightning.module import CFGDiffusion
 from cfglab.models.mlp import MLP
@@ -87,15 +88,32 @@ def test_the_student_starts_as_its_teachers_conditional_prediction(tmp_path):
         student_net(str(tmp_path / "teacher.ckpt"), 8, 1, 10)  # a joint teacher needs the range to distil
 
 
-@pytest.fixture(scope="module")
-def mixture_student(tmp_path_factory):
-    """Stage one with the mixture's exact model as teacher and an MLP student, w ~ U[0, 4]."""
+def stage_one(dm, teacher, tmp_path_factory):
+    """Stage one with the mixture's exact model as teacher and an MLP student of its target, w ~ U[0, 4]."""
     L.seed_everything(0)
-    dm = GaussianMixtureDataModule(num_samples=20_000, batch_size=512)
-    teacher = CFGDiffusion(ExactV(ExactGMMModel(dm.mixture, SCHEDULE)), SCHEDULE, num_classes=4, target="v")
     module = GuidanceDistillation(MLP(2, 4, hidden=128, depth=3, guidance_range=[0, 4]), SCHEDULE, 4, teacher,
                                   p_uncond=0.1, lr=3e-3, warmup_steps=50)
-    return dm, teacher, fit(module, dm, 1500, tmp_path_factory.mktemp("stage1"))
+    return fit(module, dm, 1500, tmp_path_factory.mktemp("stage1"))
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    L.seed_everything(0)
+    return GaussianMixtureDataModule(num_samples=20_000, batch_size=512)
+
+
+@pytest.fixture(scope="module")
+def mixture_student(mixture, tmp_path_factory):
+    """A v-prediction student of the exact mixture (ExactV)."""
+    teacher = CFGDiffusion(ExactV(ExactGMMModel(mixture.mixture, SCHEDULE)), SCHEDULE, num_classes=4, target="v")
+    return mixture, teacher, stage_one(mixture, teacher, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def eps_student(mixture, tmp_path_factory):
+    """The same, predicting eps: the exact mixture's own output."""
+    teacher = CFGDiffusion(ExactGMMModel(mixture.mixture, SCHEDULE), SCHEDULE, num_classes=4, target="eps")
+    return stage_one(mixture, teacher, tmp_path_factory)
 
 
 def test_a_distilled_student_predicts_the_exact_guided_prediction_at_every_w(mixture_student):
@@ -123,26 +141,36 @@ def test_a_distilled_student_predicts_the_exact_guided_prediction_at_every_w(mix
                 assert err < 0.25 * spread
 
 
-def test_one_progressive_round_halves_the_steps_at_the_teachers_samples(mixture_student, tmp_path):
-    dm, _, stage1 = mixture_student
+def test_one_progressive_round_halves_the_steps_at_v_but_not_at_eps(mixture_student, eps_student, tmp_path):
+    """Salimans & Ho 2022, sec. 4: one round of the v student with the truncated-SNR loss and its learning rate
+    annealed to 0 lands on its teacher's 2N-step samples at N steps; the eps student, with the same round and eps's
+    own loss, does not, because the first step's x0 = (z - sigma eps) / alpha amplifies its error by 1 / alpha."""
+    dm, _, stage1_v = mixture_student
     steps = 4  # the student's; its teacher takes 8 DDIM steps
-    student = ProgressiveDistillation(MLP(2, 4, hidden=128, depth=3, guidance_range=[0, 4]), SCHEDULE, 4, stage1,
-                                      student_steps=steps, p_uncond=0.1, lr=1e-3, warmup_steps=20)
-    student.net.load_state_dict(stage1.net.state_dict())  # initialised as its teacher (Salimans & Ho, Alg. 2)
-    fit(student, dm, 600, tmp_path)
     labels = torch.arange(2000) % 4
     noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5))
     run = lambda m, n, w: sample(sampler=DDIM(steps=n), guidance=CFG(), w=w, labels=labels, noise=noise,  # noqa: E731
                                  **m.sampling_args())
+    std = math.sqrt(float(dm.mixture.covs[0, 0, 0]))
+    distance = {}
+    for name, teacher, weighting in (("v", stage1_v, TruncatedSNR()), ("eps", eps_student, Uniform())):
+        L.seed_everything(0)
+        student = ProgressiveDistillation(MLP(2, 4, hidden=128, depth=3, guidance_range=[0, 4]), SCHEDULE, 4,
+                                          teacher, student_steps=steps, p_uncond=0.1, lr=1e-3, warmup_steps=20,
+                                          weighting=weighting, lr_schedule="linear")
+        student.net.load_state_dict(teacher.net.state_dict())  # initialised as its teacher (Alg. 2)
+        fit(student, dm, 600, tmp_path / name)
+        for w in (0.0, 2.0):
+            teacher_n, nfe = run(teacher, 2 * steps, w)
+            assert nfe == 2 * steps  # one forward per step, guided or not
+            naive = float((run(teacher, steps, w)[0] - teacher_n).norm(dim=1).median())
+            distance[name, w] = float((run(student, steps, w)[0] - teacher_n).norm(dim=1).median())
+            print(f"{name}, w={w}: median distance to the teacher's {2 * steps}-step samples: teacher at {steps} "
+                  f"steps {naive:.3f}, distilled student {distance[name, w]:.3f} (component std {std:.3f})")
+            if name == "v":
+                assert distance[name, w] < 0.5 * naive and distance[name, w] < 0.25 * std
     for w in (0.0, 2.0):
-        teacher_n, nfe = run(stage1, 2 * steps, w)
-        assert nfe == 2 * steps  # one forward per step, guided or not
-        naive = float((run(stage1, steps, w)[0] - teacher_n).norm(dim=1).median())
-        distilled = float((run(student, steps, w)[0] - teacher_n).norm(dim=1).median())
-        print(f"w={w}: median distance to the teacher's {2 * steps}-step samples: teacher at {steps} steps "
-              f"{naive:.3f}, distilled student {distilled:.3f}")
-        std = math.sqrt(float(dm.mixture.covs[0, 0, 0]))
-        assert distilled < 0.5 * naive and distilled < 0.25 * std
+        assert distance["eps", w] > 0.25 * std and distance["eps", w] > 3 * distance["v", w]
 
 
 # --- the jobs: train.py with experiment=distill_mnist, distill.py, evaluate.py on a student ---------------------
@@ -161,14 +189,14 @@ def job(script, *args, timeout=600, check=True):
 
 def distill_args(teacher, run_dir):
     return ["experiment=distill_mnist", f"teacher_ckpt={teacher}", f"trainer.max_steps={STEPS}",
-            "callbacks.checkpoint.every_n_train_steps=10", *JOB, f"hydra.run.dir={run_dir}"]
+            "module.warmup_steps=5", "callbacks.checkpoint.every_n_train_steps=10", *JOB, f"hydra.run.dir={run_dir}"]
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("teacher")
-    job("train.py", "trainer.max_steps=40", "model.base_channels=16", *(a for a in JOB if a != "~data.split"),
-        f"hydra.run.dir={run_dir}")
+    job("train.py", "trainer.max_steps=40", "model.base_channels=16", "module.target=v",
+        *(a for a in JOB if a != "~data.split"), f"hydra.run.dir={run_dir}")
     return run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -217,7 +245,7 @@ def test_a_student_checkpoint_goes_through_evaluate_at_one_forward_per_step(teac
 
 def test_distill_py_chains_rounds_passes_a_stop_signal_on_and_resumes_skipping_finished_rounds(student, tmp_path):
     args = ["experiment=progressive_mnist", f"teacher_ckpt={student}", "rounds=[4,2]", "trainer.max_steps=300",
-            "callbacks.checkpoint.every_n_train_steps=5", *JOB, f"hydra.run.dir={tmp_path}"]
+            "callbacks.checkpoint.every_n_train_steps=5", "module.warmup_steps=2", *JOB, f"hydra.run.dir={tmp_path}"]
     proc = subprocess.Popen([sys.executable, "distill.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "steps_4" / "checkpoints" / "last.ckpt"
@@ -250,7 +278,9 @@ def test_distill_py_chains_rounds_passes_a_stop_signal_on_and_resumes_skipping_f
     (["model.guidance_range=[2,1]"], ["model", "guidance_range=[2, 1] must be [w_min, w_max]"]),
     (["sweep.ws=[0,5]"], ["sweep.ws", "w=5", "outside [0, 4]"]),
     (["guidance=rescale"], ["sweep.ws", "CFGRescale cannot be sampled from a guidance-distilled network"]),
-    (["weighting=min_snr"], ["module", "weighting=MinSNR(gamma=5.0): guidance distillation trains on"]),
+    (["module.lr_schedule=cosine"], ["module", "lr_schedule='cosine' is not one of ('constant', 'linear')"]),
+    (["trainer.max_steps=3"], ["module.lr_schedule", "trainer.max_steps=3: it needs trainer.max_steps > module."
+                                                     "warmup_steps=5"]),
 ])
 def test_bad_distillation_configs_are_refused(teacher, overrides, expected, tmp_path):
     args = [a for a in distill_args(teacher, tmp_path) if a.split("=")[0] not in {o.split("=")[0] for o in overrides}]
@@ -278,15 +308,18 @@ def test_bad_rounds_are_refused(student, tmp_path):
 
 def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teacher, student, tmp_path):
     job("train.py", "experiment=progressive_mnist", f"teacher_ckpt={student}", "module.student_steps=2",
-        "trainer.max_steps=2", *JOB, f"hydra.run.dir={tmp_path / 'round'}")
+        "trainer.max_steps=2", "module.warmup_steps=1", *JOB, f"hydra.run.dir={tmp_path / 'round'}")
     out = job("benchmarks/distillation.py", "--teacher", teacher, "--student", student, "--progressive",
               tmp_path / "round" / "checkpoints" / "last.ckpt", "--ws", 0, 2, "--samples", 10, "--batch", 10,
               "--steps", 3, "--train-steps", 1, "--train-batch", 4).stdout
     report = json.loads(out.strip().splitlines()[-1])
     rows = {r["model"]: r for r in report["rows"]}
-    assert list(rows) == ["teacher", "student", "progressive 2", "teacher, DDIM 2"]
     nfe = {name: [p["nfe"] for p in r["points"]] for name, r in rows.items()}
-    assert nfe == {"teacher": [3, 6], "student": [3, 3], "progressive 2": [2, 2], "teacher, DDIM 2": [2, 4]}
+    # The teacher at the student's steps, and at its NFE: one guided step of two forwards at w = 2
+    assert nfe == {"teacher": [3, 6], "student": [3, 3], "progressive 2, 2-step round": [2, 2],
+                   "teacher, DDIM 2": [2, 4], "teacher, DDIM at 2 NFE": [2, 2], "teacher, DPM++ 2": [2, 4],
+                   "teacher, DPM++ at 2 NFE": [2, 2]}
+    assert [p["steps"] for p in rows["teacher, DPM++ at 2 NFE"]["points"]] == [2, 1]
     assert rows["teacher"]["time_vs_teacher"] == 1 and all(r["time_vs_teacher"] > 0 for r in rows.values())
     assert all(p["fid"] > 0 for r in rows.values() for p in r["points"])
     assert set(report["training"]["step_seconds"]) == {"teacher", "stage one", "progressive round"}

@@ -78,6 +78,29 @@ def test_bad_hyperparameters(bad, match):
         small_module(**bad)
 
 
+def test_a_linear_learning_rate_warms_up_then_falls_to_zero_at_max_steps(tmp_path):
+    """The rate each optimizer step used: (k + 1) / W over the warm-up, then lr (N - k) / (N - W) at step k, so
+    that it would reach 0 at N = trainer.max_steps; constant after the warm-up otherwise."""
+    seen = {}
+
+    class Rates(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault(pl_module.lr_schedule, []).append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    lr, warmup, steps = 1e-3, 4, 20
+    for schedule in ("linear", "constant"):
+        trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            callbacks=[Rates()], default_root_dir=tmp_path)
+        trainer.fit(small_module(lr=lr, warmup_steps=warmup, lr_schedule=schedule),
+                    datamodule=DigitsDataModule(batch_size=32))
+    warm = [lr * (k + 1) / warmup for k in range(warmup)]
+    assert seen["linear"] == pytest.approx(warm + [lr * (steps - k) / (steps - warmup) for k in range(warmup, steps)])
+    assert seen["constant"] == pytest.approx(warm + [lr] * (steps - warmup))
+    with pytest.raises(ValueError, match="lr_schedule='cosine' is not one of"):
+        small_module(lr_schedule="cosine")
+
+
 def test_ema_weights_are_sampled_and_checkpointed(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 

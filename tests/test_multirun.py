@@ -23,11 +23,12 @@ def multirun(cwd, *overrides):
 
 
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="needs the shared MNIST test split")
-@pytest.mark.parametrize("name", ["mnist_study", "paper_table1"])
+@pytest.mark.parametrize("name", ["mnist_study", "mnist_study_v", "paper_table1"])
 def test_experiment_presets_compose_and_pass_the_checks(name, tmp_path):
     cfg = composed("config", [f"experiment={name}", f"data.data_dir={SHARED_MNIST}"], tmp_path)
     check_train_config(cfg)
     assert cfg.data.split == "test" and cfg.model.channel_mult == [1, 2, 2]
+    assert cfg.module.target == ("v" if name == "mnist_study_v" else "eps")
     if name == "paper_table1":
         from hydra import compose, initialize_config_dir
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cfglab.diffusion.schedules import Cosine, PaperLogSNR
-from cfglab.diffusion.weighting import EDM, MinSNR, Sigmoid, Uniform, time_of_log_snr
+from cfglab.diffusion.weighting import (EDM, MinSNR, Sigmoid, TruncatedSNR, Uniform, stratified_times,
+                                       time_of_log_snr)
 from cfglab.lightning.module import CFGDiffusion
 
 SCHEDULE = PaperLogSNR()
@@ -109,6 +110,33 @@ def test_one_estimate_has_one_weighted_loss_whichever_target_outputs_it(weightin
                                                                        torch.Generator().manual_seed(2)).item()
              for t in ("eps", "x0")}
     assert plain["eps"] != pytest.approx(plain["x0"], rel=1e-2)
+
+
+@pytest.mark.parametrize("target", ["x0", "v"])
+def test_truncated_snr_is_salimans_and_hos_max_of_the_x0_and_eps_errors(target):
+    """Salimans & Ho 2022, sec. 4: L = max(||x0^ - x0||^2, ||eps^ - eps||^2), written here on the Denoiser's own
+    estimates at the module's draws: max(SNR, 1) on x0's error, max(SNR, 1) / (SNR + 1) on v's."""
+    expected = {"x0": SNR.clamp(min=1), "v": SNR.clamp(min=1) / (SNR + 1)}[target]
+    assert torch.allclose(TruncatedSNR().weight(T, SCHEDULE, target), expected, rtol=1e-10)
+
+    x0 = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(1)).clamp(-1, 1).double()
+    module = CFGDiffusion(Denoiser(target), SCHEDULE, num_classes=1, target=target, weighting=TruncatedSNR())
+    loss = module.loss(x0, torch.zeros(64, dtype=torch.long), torch.Generator().manual_seed(2)).item()
+    g = torch.Generator().manual_seed(2)  # the same draws: stratified times, then the noise
+    t = stratified_times(64, g).double()
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    lam = SCHEDULE.log_snr(t).reshape(-1, 1, 1, 1)
+    alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+    xt = alpha * x0 + sigma * eps
+    x0_hat = 0.3 * xt + 0.1
+    eps_hat = (xt - alpha * x0_hat) / sigma
+    paper = torch.maximum((x0_hat - x0).pow(2).mean((1, 2, 3)), (eps_hat - eps).pow(2).mean((1, 2, 3))).mean()
+    assert loss == pytest.approx(paper.item(), rel=1e-6)
+
+
+def test_truncated_snr_refuses_an_eps_network():
+    with pytest.raises(ValueError, match="weighting=truncated_snr with module.target='eps'"):
+        CFGDiffusion(Denoiser("eps"), SCHEDULE, num_classes=1, target="eps", weighting=TruncatedSNR())
 
 
 @pytest.mark.parametrize("cls, kwargs, message", [

@@ -1,5 +1,9 @@
-"""Tables and plots of the guidance distillation study from benchmarks/distillation.py's JSON line and the cost
-file of run.sh: results.md (one table per model, the sweep times, the training costs) and tradeoff.png."""
+"""Tables and plots of the guidance distillation study from benchmarks/distillation.py's JSON lines and run.sh's
+cost file: results.md (the targets of the study, the round-length curve, every row, the costs, the eps teacher's
+rows as the contrast) and tradeoff.png.
+
+    python tables.py benchmark.json benchmark_eps.json cost.txt
+"""
 
 import json
 import sys
@@ -13,46 +17,102 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).parent
 
 
-def main(benchmark_json: str, cost_file: str) -> None:
-    report = json.loads(Path(benchmark_json).read_text())
-    rows = report["rows"]
-    lines = [f"Device: {report['machine']}, {report['threads']} threads, torch {report['torch']}; "
-             f"{report['samples']} samples per w.", "",
-             "| model | sampler | w | NFE | FID | FID / teacher's | IS | precision | recall | accuracy |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+def best(row: dict) -> dict:
+    """The point of lowest FID over w."""
+    return min(row["points"], key=lambda p: p["fid"])
+
+
+def verdict(ok: bool) -> str:
+    return "reached" if ok else "missed"
+
+
+def point_table(rows: list[dict], samples: int) -> list[str]:
+    lines = ["| model | sampler | w | steps | NFE | FID | FID / teacher's | IS | precision | recall | accuracy | "
+             "s / 100 images |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         for p in row["points"]:
-            lines.append(f"| {row['model']} | {row['sampler']} | {p['w']:g} | {p['nfe']:.0f} | {p['fid']:.2f} | "
-                         f"{p['fid_vs_teacher']:.3f} | {p['is']:.2f} | {p['precision']:.3f} | {p['recall']:.3f} | "
-                         f"{p['accuracy']:.3f} |")
-    lines += ["", "| model | sampler | sweep sampling s | / teacher's |", "| --- | --- | ---: | ---: |"]
-    lines += [f"| {r['model']} | {r['sampler']} | {r['seconds']:.1f} | {r['time_vs_teacher']:.3f} |" for r in rows]
+            lines.append(f"| {row['model']} | {row['sampler']} | {p['w']:g} | {p.get('steps', '')} | {p['nfe']:.0f} | "
+                         f"{p['fid']:.2f} | {p['fid_vs_teacher']:.3f} | {p['is']:.2f} | {p['precision']:.3f} | "
+                         f"{p['recall']:.3f} | {p['accuracy']:.3f} | {100 * p['seconds'] / samples:.2f} |")
+    return lines
+
+
+def targets(rows: dict, student4: dict, samples: int) -> list[str]:
+    teacher, stage1 = rows["teacher"], rows["student"]
+    ratios = [s["fid"] / t["fid"] for s, t in zip(stage1["points"], teacher["points"])]
+    s4 = best(student4)
+    lines = ["| target | measured | |", "| --- | --- | --- |",
+             f"| stage one within 10 % of the teacher's FID at every w (one forward per step) | "
+             f"{' / '.join(f'{r:.3f}' for r in ratios)} | {verdict(max(ratios) <= 1.10)} |",
+             f"| 4-step student's best FID <= 1.25 x the teacher's best 20-step DPM++ FID | {s4['fid']:.2f} (w = "
+             f"{s4['w']:g}) against {best(teacher)['fid']:.2f} (w = {best(teacher)['w']:g}): "
+             f"{s4['fid'] / best(teacher)['fid']:.2f} x | {verdict(s4['fid'] <= 1.25 * best(teacher)['fid'])} |"]
+    for name in ("teacher, DDIM 4", "teacher, DPM++ 4", "teacher, DDIM at 4 NFE", "teacher, DPM++ at 4 NFE"):
+        b = best(rows[name])
+        lines.append(f"| better than {name} (best over w) | {s4['fid']:.2f} against {b['fid']:.2f} (w = {b['w']:g}) "
+                     f"| {verdict(s4['fid'] < b['fid'])} |")
+    guided = max(p["seconds"] for p in student4["points"] if p["w"] > 0) * 100 / samples
+    lines.append(f"| guided sampling at 4 steps <= 1 s per 100 images (slowest guided w; the teacher's 20-step "
+                 f"DPM++: {max(p['seconds'] for p in teacher['points'] if p['w'] > 0) * 100 / samples:.2f} s) | "
+                 f"{guided:.3f} s | {verdict(guided <= 1.0)} |")
+    return lines
+
+
+def main(benchmark_json: str, eps_json: str, cost_file: str) -> None:
+    report = json.loads(Path(benchmark_json).read_text())
+    samples = report["samples"]
+    rows = {r["model"]: r for r in report["rows"]}
+    curve = sorted((r for r in report["rows"] if r.get("student_steps") == 4), key=lambda r: r["round_steps"])
+    student4 = min(curve, key=lambda r: best(r)["fid"])
+    lines = [f"Device: {report['machine']}, {report['threads']} threads, torch {report['torch']}; "
+             f"{samples} samples per w, the same labels and seeds in every row.", "",
+             "## Targets (v-prediction teacher)", "", *targets(rows, student4, samples), "",
+             "## Round length (8 -> 4 steps): FID at 4 steps against the round's optimizer steps", "",
+             "| steps per round | " + " | ".join(f"w = {p['w']:g}" for p in curve[0]["points"]) + " | best |",
+             "| ---: |" + " ---: |" * (len(curve[0]["points"]) + 1)]
+    lines += [f"| {r['round_steps']} | " + " | ".join(f"{p['fid']:.2f}" for p in r["points"]) +
+              f" | {best(r)['fid']:.2f} |" for r in curve]
+    lines += ["", "## Every row", "", *point_table(report["rows"], samples), "",
+              "| model | sampler | sweep sampling s | / teacher's |", "| --- | --- | ---: | ---: |"]
+    lines += [f"| {r['model']} | {r['sampler']} | {r['seconds']:.1f} | {r['time_vs_teacher']:.3f} |"
+              for r in report["rows"]]
     training = report["training"]
-    lines += ["", "| training step (batch 128, bf16) | s | / teacher's |", "| --- | ---: | ---: |"]
+    lines += ["", "## Cost", "", "| training step (batch 128, bf16) | s | / teacher's |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {v:.3f} | {v / training['step_seconds']['teacher']:.2f} |"
               for k, v in training["step_seconds"].items()]
-    lines += ["", "| job at the presets' steps (from the step times) | CPU-minutes | / teacher's |",
+    costs = {name: float(s) / 60 for name, s in (line.split() for line in Path(cost_file).read_text().splitlines()
+                                                  if line.strip())}
+    teacher_cost = costs.get("teacher_v")
+    lines += ["", "| job as run by run.sh | CPU-minutes (wall x cores) | / teacher's training |",
               "| --- | ---: | ---: |"]
-    threads, teacher_s = report["threads"], training["job_seconds"]["teacher"]
-    lines += [f"| {k} | {v * threads / 60:.1f} | {v / teacher_s:.2f} |" for k, v in training["job_seconds"].items()]
-    costs = dict(line.split() for line in Path(cost_file).read_text().splitlines() if line.strip())
-    lines += ["", "| job as run by run.sh | CPU-minutes (wall x cores) |", "| --- | ---: |"]
-    lines += [f"| {job} | {float(m):.1f} |" for job, m in costs.items()]
+    lines += [f"| {job} | {m:.1f} | {m / teacher_cost:.2f} |" if teacher_cost else f"| {job} | {m:.1f} | |"
+              for job, m in costs.items()]
+    eps = json.loads(Path(eps_json).read_text())
+    lines += ["", "## Contrast: the eps-prediction teacher (earlier presets: uniform loss, constant learning rate, "
+              "EMA in the rounds)", "", *point_table(eps["rows"], eps["samples"])]
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for row in rows:
-        ws = [p["w"] for p in row["points"]]
-        label = f"{row['model']} ({row['sampler'].split('(')[0]} {row['points'][0]['nfe']:.0f} NFE at w=0)"
-        axes[0].plot(ws, [p["fid"] for p in row["points"]], marker="o", label=label)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name in ("teacher", "student", student4["model"], "teacher, DDIM 4", "teacher, DPM++ 4",
+                 "teacher, DDIM at 4 NFE", "teacher, DPM++ at 4 NFE"):
+        row = rows[name]
+        label = f"{name} ({row['points'][-1]['nfe']:.0f} NFE guided)"
+        axes[0].plot([p["w"] for p in row["points"]], [p["fid"] for p in row["points"]], marker="o", label=label)
         axes[1].plot([p["recall"] for p in row["points"]], [p["precision"] for p in row["points"]], marker="o")
+    eps_4 = next(r for r in eps["rows"] if r["model"] == "progressive 4")
+    axes[0].plot([p["w"] for p in eps_4["points"]], [p["fid"] for p in eps_4["points"]], "k--", marker="x",
+                 label="eps teacher's progressive 4 (contrast)")
     axes[0].set(xlabel="w", ylabel="FID (domain classifier)", yscale="log")
-    axes[1].set(xlabel="recall", ylabel="precision")
     axes[0].legend(fontsize=7)
+    axes[1].set(xlabel="recall", ylabel="precision")
+    axes[2].plot([r["round_steps"] for r in curve], [best(r)["fid"] for r in curve], marker="o")
+    axes[2].axhline(best(rows["teacher"])["fid"] * 1.25, color="gray", ls=":", label="1.25 x teacher's best")
+    axes[2].set(xlabel="optimizer steps in the 8 -> 4 round", ylabel="best FID over w at 4 steps", xscale="log")
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(HERE / "tradeoff.png", dpi=110)
     print((HERE / "results.md").read_text())
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

@@ -37,6 +37,7 @@ from cfglab.data.loader import check_batch_size
 from cfglab.devices import resolve_device
 from cfglab.diffusion.denoiser import check_guided_channels, learned_variance
 from cfglab.diffusion.sampling import check_sampling
+from cfglab.lightning.module import lr_factor
 from cfglab.lightning.trainer import check_trainer_args, world_size
 from cfglab.loggers import find_secrets
 from cfglab.models.student import TEACHER_ADVICE
@@ -129,6 +130,9 @@ def check_train_config(cfg: DictConfig) -> None:
                                                        schedule=schedule or Cosine(),
                                                        num_classes=data.num_classes if data is not None else 1,
                                                        weighting=weighting))
+    if module is not None and trainer_ok:
+        p.build("module.lr_schedule", lambda: lr_factor(module.lr_schedule, module.warmup_steps,
+                                                        _value(cfg.trainer, "max_steps")))
     _check_metrics(cfg, data, p)
     kind = None if stand_ins or module is None else model_kind(module.num_classes, module.target, module.schedule)
     _check_sampling(cfg, p, data, None if net is None else net.guidance_range, schedule, kind,

@@ -43,6 +43,9 @@ class Weighting:
         """w_eps at times t, (B,); None: weight 1 on the target's own error."""
         return None
 
+    def check_target(self, target: str) -> None:
+        """Raise ValueError when this weighting cannot train a network that predicts `target`."""
+
     def weight(self, t: Tensor, schedule: Schedule, target: str) -> Optional[Tensor]:
         """The weight of each example's mean squared error on `target`, (B,); None: all 1."""
         w = self.eps_weight(t, schedule)
@@ -68,6 +71,22 @@ class MinSNR(Weighting):
     def eps_weight(self, t: Tensor, schedule: Schedule) -> Tensor:
         snr = schedule.log_snr(t).exp()
         return snr.clamp(max=self.gamma) / snr
+
+
+class TruncatedSNR(Weighting):
+    """Truncated SNR weighting (Salimans & Ho 2022, sec. 4, "truncated SNR"): L = max(||x0^ - x0||^2, ||eps^ - eps||^2)
+    = max(SNR, 1) ||x0^ - x0||^2, so w_eps = max(SNR, 1) / SNR. Like SNR + 1 (the v loss) it keeps a weight on the
+    x0 error as SNR -> 0, where eps-prediction's loss puts none; the loss their progressive distillation uses."""
+
+    def check_target(self, target: str) -> None:
+        if target == "eps":  # its weight on the eps error, max(SNR, 1) / SNR, reaches 1 / SNR_min (~1e9) at t = 1
+            raise ValueError("weighting=truncated_snr with module.target='eps' weights the eps error by 1 / SNR at low "
+                             "SNR, so the loss explodes there; use module.target=v or x0 (Salimans & Ho 2022, sec. 4), "
+                             "or weighting=uniform for an eps network")
+
+    def eps_weight(self, t: Tensor, schedule: Schedule) -> Tensor:
+        snr = schedule.log_snr(t).exp()
+        return snr.clamp(min=1.0) / snr
 
 
 class Sigmoid(Weighting):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cfglab.checkpoints import Checkpoint, check_same_kind, model_kind
@@ -28,7 +27,7 @@ from cfglab.diffusion.samplers import time_grid
 from cfglab.diffusion.sampling import SamplingSettings
 from cfglab.diffusion.schedules import Schedule
 from cfglab.diffusion.targets import broadcast, to_prediction, training_target
-from cfglab.diffusion.weighting import Uniform, stratified_times
+from cfglab.diffusion.weighting import Weighting
 from cfglab.lightning.module import CFGDiffusion
 from cfglab.models.student import TEACHER_ADVICE
 
@@ -55,9 +54,6 @@ class _Distillation(CFGDiffusion):
         if net.guidance_range is None:
             raise ValueError("the student network has no w input: use model=student with model.guidance_range")
         super().__init__(net, schedule, num_classes, target, **kwargs)
-        if type(self.weighting) is not Uniform:  # the distillation losses below weight their own terms
-            raise ValueError(f"weighting={self.weighting!r}: guidance distillation trains on the teacher's outputs "
-                             "with its own loss; use weighting=uniform")
         # A frozen copy outside the module's parameters: not trained, averaged or checkpointed with the student, and
         # the process's Checkpoint keeps its own module as it was.
         self.__dict__["teacher"] = copy.deepcopy(teacher.net).requires_grad_(False).eval()
@@ -98,15 +94,16 @@ class GuidanceDistillation(_Distillation):
     """Stage one of Meng et al. 2023 (sec. 4.1, eq. 7): the student x_eta(z_t, c, w) learns the teacher's guided
     prediction (1 + w) x_c - w x_u at w ~ U[w_min, w_max] (the student network's `guidance_range`).
 
-    The loss is the mean squared error in the network's own target space (eps or v), the teacher's training loss:
-    guidance is affine in the prediction, so the guided target in that space is the same guided model. Labels are
+    The loss is the squared error in the network's own target space (eps or v) at the times and weights of the
+    module's `weighting`: guidance is affine in the prediction, so the guided target in that space is the same
+    guided model. Labels are
     dropped with probability p_uncond as in training; for a dropped label the target is the teacher's
     unconditional prediction (the guided one with c = null), so the student still samples unconditionally.
     The teacher runs in the trainer's precision (bf16-mixed: under autocast).
     """
 
     def loss(self, x0, labels, generator=None):
-        t = stratified_times(x0.shape[0], generator, x0.device)
+        t = self.weighting.times(x0.shape[0], self.schedule, generator, x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         w = self.draw_w(x0.shape[0], generator, x0.device)
         alpha, sigma = self.schedule.alpha_sigma(t)
@@ -115,7 +112,7 @@ class GuidanceDistillation(_Distillation):
             null = torch.full_like(labels, self.null_label)
             cond, uncond = self.teacher(torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
             target = guide(cond.float(), uncond.float(), broadcast(w, xt))
-        return F.mse_loss(self.net(xt, t, labels, w).float(), target)
+        return self.weighted_mse(self.net(xt, t, labels, w).float(), target, t)
 
 
 class ProgressiveDistillation(_Distillation):
@@ -126,8 +123,9 @@ class ProgressiveDistillation(_Distillation):
     For z_t = alpha_t x + sigma_t eps, the teacher's two steps t -> t' -> t'' give z''; the target is the x~ whose
     DDIM step from z_t lands on z'': x~ = (z'' - (sigma''/sigma) z_t) / (alpha'' - (sigma''/sigma) alpha) (Alg. 2),
     converted to the network's target space with eps~ = (z_t - alpha x~) / sigma. The teacher steps as sampling
-    does, with its x0 clipped by `sampling.clip_x0` (the same setting samples the student). The loss is the mean
-    squared error in the network's target space; w ~ U[w_min, w_max]; labels dropped with probability p_uncond.
+    does, with its x0 clipped by `sampling.clip_x0` (the same setting samples the student). The loss is the squared
+    error in the network's target space with the `weighting`'s weight at t (Salimans & Ho's truncated SNR:
+    weighting=truncated_snr); w ~ U[w_min, w_max]; labels dropped with probability p_uncond.
     """
 
     def __init__(self, net: nn.Module, schedule: Schedule, num_classes: int, teacher_ckpt: Union[str, CFGDiffusion],
@@ -136,6 +134,10 @@ class ProgressiveDistillation(_Distillation):
         if self.teacher.guidance_range != net.guidance_range:
             raise ValueError(f"the teacher takes w in {self.teacher.guidance_range}, the student "
                              f"{net.guidance_range}: progressive distillation starts from a stage-one student")
+        if type(self.weighting).times is not Weighting.times:
+            raise ValueError(f"weighting={self.weighting!r} draws its own training times; a progressive round trains "
+                             "at the times of its student's steps: use a weighting that only weights (uniform, "
+                             "truncated_snr, min_snr, sigmoid)")
         time_grid(student_steps)  # validates
         self.student_steps = int(student_steps)
         self.sampling = sampling or SamplingSettings()
@@ -169,4 +171,4 @@ class ProgressiveDistillation(_Distillation):
             x_target = (z2 - ratio * z) / (broadcast(alpha2, z) - ratio * broadcast(alpha, z))
             eps_target = (z - broadcast(alpha, z) * x_target) / broadcast(sigma, z)
             target = training_target(x_target, eps_target, alpha, sigma, self.target)
-        return F.mse_loss(self.net(z, t, labels, w).float(), target)
+        return self.weighted_mse(self.net(z, t, labels, w).float(), target, t)

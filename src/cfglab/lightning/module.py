@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import lightning as L
 import numpy as np
@@ -22,6 +22,22 @@ def drop_labels(labels: Tensor, p_uncond: float, null_label: int, generator: Opt
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
+LR_SCHEDULES = ("constant", "linear")
+
+
+def lr_factor(lr_schedule: str, warmup_steps: int, max_steps: int) -> Callable[[int], float]:
+    """The learning rate's factor at optimizer step k: a linear warm-up over `warmup_steps`, then 1 ("constant"),
+    or ("linear") down to 0 at `max_steps`, as progressive distillation anneals it within each round (Salimans &
+    Ho 2022, sec. 5). Raises ValueError, naming the keys, when "linear" has no end to reach."""
+    warmup = lambda k: min(1.0, (k + 1) / max(1, warmup_steps))  # noqa: E731
+    if lr_schedule == "constant":
+        return warmup
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps <= warmup_steps:
+        raise ValueError(f"module.lr_schedule='linear' anneals to 0 at trainer.max_steps={max_steps!r}: it needs "
+                         f"trainer.max_steps > module.warmup_steps={warmup_steps}")
+    return lambda k: min(warmup(k), max(0.0, (max_steps - k) / (max_steps - warmup_steps)))
+
+
 class CFGDiffusion(L.LightningModule):
     """One network trained as both the conditional and the unconditional model of classifier-free guidance.
 
@@ -32,7 +48,8 @@ class CFGDiffusion(L.LightningModule):
     BENCHMARKS.md. weighting: the training times and the weight of each example's loss
     (cfglab.diffusion.weighting; the `weighting` config group), Ho et al.'s simple loss by default. Sampling is
     `cfglab.diffusion.sampling.sample` over `sampling_args()`; how it samples (clipping, precision, batching) is
-    the `sampling` config group, not the model's.
+    the `sampling` config group, not the model's. lr_schedule: "constant" after the warm-up, or "linear" to 0
+    at trainer.max_steps (`lr_factor`).
     """
 
     def __init__(
@@ -49,6 +66,7 @@ class CFGDiffusion(L.LightningModule):
         seed: int = 0,
         compile: bool = False,
         weighting: Optional[Weighting] = None,
+        lr_schedule: str = "constant",
     ):
         super().__init__()
         if not 0 <= p_uncond <= 1:
@@ -59,9 +77,13 @@ class CFGDiffusion(L.LightningModule):
             raise ValueError(f"warmup_steps={warmup_steps} must be >= 0")
         self.net, self.schedule = net, schedule
         self.num_classes, self.target, self.p_uncond = int(num_classes), check_target(target), float(p_uncond)
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={lr_schedule!r} is not one of {LR_SCHEDULES}")
         self.lr, self.weight_decay, self.betas, self.warmup_steps = lr, weight_decay, tuple(betas), int(warmup_steps)
+        self.lr_schedule = lr_schedule
         self.seed, self.compile_net = int(seed), bool(compile)
         self.weighting = Uniform() if weighting is None else weighting
+        self.weighting.check_target(self.target)
         self.build_config: Optional[dict] = None  # the config groups that rebuild this module (see cfglab.checkpoints)
         self.run_identity: Optional[dict] = None  # the training run's name and group (cfglab.loggers)
 
@@ -80,7 +102,10 @@ class CFGDiffusion(L.LightningModule):
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         alpha, sigma = self.schedule.alpha_sigma(t)
         xt = broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
-        out, target = self.net(xt, t, labels), training_target(x0, eps, alpha, sigma, self.target)
+        return self.weighted_mse(self.net(xt, t, labels), training_target(x0, eps, alpha, sigma, self.target), t)
+
+    def weighted_mse(self, out: Tensor, target: Tensor, t: Tensor) -> Tensor:
+        """The mean over examples of the weighting's weight at t (B,) times each example's mean squared error."""
         weight = self.weighting.weight(t, self.schedule, self.target)
         if weight is None:
             return F.mse_loss(out, target)
@@ -131,8 +156,8 @@ class CFGDiffusion(L.LightningModule):
         # The fused CUDA kernel: one launch per step instead of several per parameter tensor.
         fused = all(p.is_cuda for p in params)
         opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, fused=fused)
-        warmup = lambda step: min(1.0, (step + 1) / max(1, self.warmup_steps))  # noqa: E731
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
+        factor = lr_factor(self.lr_schedule, self.warmup_steps, self.trainer.max_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def sampling_args(self) -> dict:
