@@ -1,22 +1,23 @@
 """Guidance distillation against its teacher: sampling time and quality of a guidance sweep, in one run.
 
     python benchmarks/distillation.py --teacher <teacher ckpt> --student <stage-one ckpt>
-                                      [--progressive <8-step ckpt> <4-step ckpt> ...] [--samples 1000]
+                                      [--few-step <8-step ckpt> <4-step ckpt> ...] [--samples 1000]
                                       [--ws 0 0.5 1 2 4] [--data-dir <mnist>] [--device cuda]
 
 Rows, each sampling `--samples` balanced-label images at every w with the labels and seeds of a sweep:
   teacher, DPM-Solver++(2M) `--steps` (the baseline: two forwards per guided step, one at w = 0);
   stage-one student, the same sampler and steps (one forward per step at every w);
-  each progressive student at DDIM with the steps N it was distilled for (one row per checkpoint: several
-  rounds of different lengths can be compared), and, once per N, the teacher with DDIM and with DPM-Solver++ at N
-  steps (2N NFE when guided) and at N NFE (N / 2 steps when guided, N at w = 0): what few steps give without
-  distillation.
+  each few-step student (progressive or consistency distillation) at DDIM with the steps N it was distilled for
+  (one row per checkpoint: methods and rounds of different lengths can be compared), and, once per N, the teacher
+  with DDIM and with DPM-Solver++ at N steps (2N NFE when guided) and at N NFE (N / 2 steps when guided, N at
+  w = 0): what few steps give without distillation.
 Times cover sampling alone (no metrics), with the default `sampling` settings, and are given as ratios to the
 baseline measured in this run; the domain classifier's FID / IS / precision / recall / accuracy come after.
 
 Training cost: seconds per optimizer step (loss, backward, AdamW; batch `--train-batch`, bf16 autocast as the
-presets train) of the teacher's own training loss (the baseline), of stage one and of a progressive round, each
-timed over `--train-steps` steps in this run, then multiplied by the presets' step counts (`--budget`).
+presets train) of the teacher's own training loss (the baseline), of stage one, of a progressive round and of
+consistency distillation, each timed over `--train-steps` steps in this run, then multiplied by the presets' step
+counts (`--budget`).
 Prints tables and one JSON line.
 """
 
@@ -36,7 +37,7 @@ from cfglab.diffusion.guidance import CFG
 from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M
 from cfglab.diffusion.sampling import SamplingSettings, sample_batches
 from cfglab.diffusion.weighting import TruncatedSNR, Uniform
-from cfglab.lightning.distillation import GuidanceDistillation, ProgressiveDistillation
+from cfglab.lightning.distillation import ConsistencyDistillation, GuidanceDistillation, ProgressiveDistillation
 from cfglab.models.student import student_net
 from cfglab.metrics.fidelity import build_metrics
 from cfglab.sweep import balanced_labels
@@ -96,22 +97,25 @@ def step_seconds(module, shape, args) -> float:
 
 
 def training_cost(args, teacher, shape) -> dict:
-    """Per-step seconds of teacher training, stage one and a progressive round, and the presets' totals."""
+    """Per-step seconds of teacher training, stage one, a progressive round and consistency distillation, and the
+    presets' totals."""
     # the presets' loss: truncated SNR, which an eps teacher distils without
     weighting = Uniform() if teacher.target == "eps" else TruncatedSNR()
     stage1 = GuidanceDistillation(student_net(args.teacher, shape[-1], shape[0], teacher.num_classes, [0, 4]),
                                   teacher.schedule, teacher.num_classes, args.teacher, weighting=weighting)
-    stage2 = ProgressiveDistillation(student_net(args.student, shape[-1], shape[0], teacher.num_classes),
-                                     teacher.schedule, teacher.num_classes, args.student, student_steps=8,
-                                     weighting=weighting)
-    for m in (stage1, stage2):
+    stage2 = {cls: cls(student_net(args.student, shape[-1], shape[0], teacher.num_classes), teacher.schedule,
+                       teacher.num_classes, args.student, student_steps=4, weighting=weighting)
+              for cls in (ProgressiveDistillation, ConsistencyDistillation)}
+    for m in (stage1, *stage2.values()):
         m.teacher.to(args.device)
+    names = ("teacher", "stage one", "progressive round", "consistency")
     seconds = {name: step_seconds(m, shape, args) for name, m in
-               (("teacher", teacher), ("stage one", stage1), ("progressive round", stage2))}
-    steps = dict(zip(("teacher", "stage one", "progressive round"), args.budget))
+               zip(names, (teacher, stage1, *stage2.values()))}
+    steps = dict(zip(names, args.budget[:3] + args.budget[4:]))
     rounds = args.budget[3]
     total = {"teacher": seconds["teacher"] * steps["teacher"], "stage one": seconds["stage one"] * steps["stage one"],
-             f"stage two ({rounds} rounds)": seconds["progressive round"] * steps["progressive round"] * rounds}
+             f"stage two ({rounds} rounds)": seconds["progressive round"] * steps["progressive round"] * rounds,
+             "stage two (consistency)": seconds["consistency"] * steps["consistency"]}
     print(f"\n{'training (batch ' + str(args.train_batch) + ', bf16)':<34}{'s/step':>8}{'vs T':>7}")
     for name, sec in seconds.items():
         print(f"{name:<34}{sec:>8.3f}{sec / seconds['teacher']:>7.2f}")
@@ -125,8 +129,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--student", required=True, help="the stage-one (w-conditioned) student")
-    parser.add_argument("--progressive", nargs="*", default=[], help="progressive students (their DDIM steps are "
-                        "read from the checkpoint's distillation settings)")
+    parser.add_argument("--few-step", nargs="*", default=[], help="progressive or consistency students (their "
+                        "method and DDIM steps are read from the checkpoint's distillation settings)")
     parser.add_argument("--ws", nargs="+", type=float, default=[0.0, 0.5, 1.0, 2.0, 4.0])
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=500)
@@ -137,26 +141,28 @@ def main() -> None:
                         help="domain classifier cache (default: $CFGLAB_CACHE or .cache/cfglab)")
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps per module")
     parser.add_argument("--train-batch", type=int, default=128)
-    parser.add_argument("--budget", nargs=4, type=int, default=[1776, 800, 500, 2], metavar=("TEACHER", "STAGE1",
-                        "ROUND", "ROUNDS"), help="training steps of the presets (mnist_study, distill_mnist, "
-                        "progressive_mnist) and the number of progressive rounds")
+    parser.add_argument("--budget", nargs=5, type=int, default=[1776, 800, 500, 2, 1000],
+                        metavar=("TEACHER", "STAGE1", "ROUND", "ROUNDS", "CONSISTENCY"),
+                        help="training steps of the presets (mnist_study, distill_mnist, progressive_mnist), the "
+                        "number of progressive rounds, and the steps of consistency_mnist")
     add_device_argument(parser)
     args = parser.parse_args()
 
     data = {"data_dir": args.data_dir} if args.data_dir else None
     dm, teacher = Checkpoint.open(args.teacher).module(data)
-    models = {"teacher": teacher.to(args.device), "student": Checkpoint.open(args.student).module(data)[1].to(args.device)}
+    models = {"teacher": teacher.to(args.device),
+              "student": Checkpoint.open(args.student).module(data)[1].to(args.device)}
     metrics = build_metrics(dm, extractor="domain", cache_dir=args.cache, device=args.device)
     solver = lambda w: DPMSolverPP2M(steps=args.steps)  # noqa: E731
     rows = [sweep_row("teacher", models["teacher"], dm, solver, args.ws, metrics, args),
             sweep_row("student", models["student"], dm, solver, args.ws, metrics, args)]
     compared = set()
-    for path in args.progressive:
-        steps, round_steps = progressive_steps(path)
+    for path in args.few_step:
+        method, steps, round_steps = few_step_settings(path)
         student = Checkpoint.open(path).module(data)[1].to(args.device)
-        rows.append({**sweep_row(f"progressive {steps}, {round_steps}-step round", student, dm,
+        rows.append({**sweep_row(f"{method} {steps}, {round_steps}-step round", student, dm,
                                  lambda w: DDIM(steps=steps), args.ws, metrics, args),
-                     "student_steps": steps, "round_steps": round_steps})
+                     "method": method, "student_steps": steps, "round_steps": round_steps})
         if steps not in compared:
             compared.add(steps)
             rows += teacher_rows(models["teacher"], dm, steps, args.ws, metrics, args)
@@ -178,13 +184,17 @@ def main() -> None:
                       "training": cost}))
 
 
-def progressive_steps(path: str) -> tuple[int, int]:
-    """The DDIM steps a progressive student was distilled for (stored with its distillation settings), and the
-    optimizer steps of its round."""
-    stored = Checkpoint.open(path, "point --progressive at a progressive distillation checkpoint")
-    if "student_steps" not in (stored.distillation or {}):
-        raise SystemExit(f"{path} is not a progressive distillation checkpoint (no student_steps)")
-    return int(stored.distillation["student_steps"]), stored.step
+METHODS = {ProgressiveDistillation.__name__: "progressive", ConsistencyDistillation.__name__: "consistency"}
+
+
+def few_step_settings(path: str) -> tuple[str, int, int]:
+    """The method ("progressive" or "consistency") and DDIM steps a few-step student was distilled with (stored
+    with its distillation settings), and the optimizer steps of its job."""
+    stored = Checkpoint.open(path, "point --few-step at a progressive or consistency distillation checkpoint")
+    method = METHODS.get(str((stored.distillation or {}).get("_target_", "")).rsplit(".", 1)[-1])
+    if method is None:
+        raise SystemExit(f"{path} is not a progressive or consistency distillation checkpoint")
+    return method, int(stored.distillation["student_steps"]), stored.step
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from cfglab.diffusion.samplers import DDIM
 from cfglab.diffusion.sampling import sample
 from cfglab.diffusion.schedules import Cosine
 from cfglab.diffusion.weighting import TruncatedSNR, Uniform
-from cfglab.lightning.distillation import GuidanceDistillation, ProgressiveDistillation
+from cfglab.lightning.distillation import ConsistencyDistillation, GuidanceDistillation, ProgressiveDistillation
 from cfglab.lightning.module import CFGDiffusion
 from cfglab.models.mlp import MLP
 from cfglab.models.student import student_net
@@ -173,6 +173,39 @@ def test_one_progressive_round_halves_the_steps_at_v_but_not_at_eps(mixture_stud
         assert distance["eps", w] > 0.25 * std and distance["eps", w] > 3 * distance["v", w]
 
 
+def test_consistency_distillation_reaches_the_teachers_ode_in_a_few_steps(mixture_student, tmp_path):
+    """Heek et al. 2024: one job of multistep consistency distillation brings the 4-step student onto its teacher's
+    `teacher_steps`-step DDIM samples (the ODE the consistency target is built from), at every w through the w
+    input, much nearer than the teacher's own 4 steps."""
+    dm, _, stage1_v = mixture_student
+    steps, teacher_steps = 4, 32
+    labels = torch.arange(2000) % 4
+    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5))
+    run = lambda m, n, w: sample(sampler=DDIM(steps=n), guidance=CFG(), w=w, labels=labels, noise=noise,  # noqa: E731
+                                 **m.sampling_args())[0]
+    std = math.sqrt(float(dm.mixture.covs[0, 0, 0]))
+    L.seed_everything(0)
+    student = ConsistencyDistillation(MLP(2, 4, hidden=128, depth=3, guidance_range=[0, 4]), SCHEDULE, 4, stage1_v,
+                                      student_steps=steps, teacher_steps=teacher_steps, p_uncond=0.1, lr=1e-3,
+                                      warmup_steps=20, weighting=TruncatedSNR(), lr_schedule="linear")
+    student.net.load_state_dict(stage1_v.net.state_dict())
+    fit(student, dm, 800, tmp_path)
+    for w in (0.0, 2.0):
+        reference = run(stage1_v, teacher_steps, w)
+        naive = float((run(stage1_v, steps, w) - reference).norm(dim=1).median())
+        distance = float((run(student, steps, w) - reference).norm(dim=1).median())
+        print(f"w={w}: median distance to the teacher's {teacher_steps}-step samples: teacher at {steps} steps "
+              f"{naive:.3f}, consistency student {distance:.3f} (component std {std:.3f})")
+        assert distance < 0.5 * naive and distance < 0.25 * std
+
+
+def test_consistency_distillation_refuses_a_grid_it_cannot_cut(mixture_student):
+    _, _, stage1_v = mixture_student
+    with pytest.raises(ValueError, match="teacher_steps=30 must be a multiple of student_steps=4"):
+        ConsistencyDistillation(MLP(2, 4, hidden=16, depth=1, guidance_range=[0, 4]), SCHEDULE, 4, stage1_v,
+                                student_steps=4, teacher_steps=30)
+
+
 # --- the jobs: train.py with experiment=distill_mnist, distill.py, evaluate.py on a student ---------------------
 
 STEPS = 30
@@ -307,19 +340,23 @@ def test_bad_rounds_are_refused(student, tmp_path):
 
 
 def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teacher, student, tmp_path):
-    job("train.py", "experiment=progressive_mnist", f"teacher_ckpt={student}", "module.student_steps=2",
-        "trainer.max_steps=2", "module.warmup_steps=1", *JOB, f"hydra.run.dir={tmp_path / 'round'}")
-    out = job("benchmarks/distillation.py", "--teacher", teacher, "--student", student, "--progressive",
-              tmp_path / "round" / "checkpoints" / "last.ckpt", "--ws", 0, 2, "--samples", 10, "--batch", 10,
-              "--steps", 3, "--train-steps", 1, "--train-batch", 4).stdout
+    for method in ("progressive", "consistency"):  # the two few-step methods, each as its preset runs it
+        job("train.py", f"experiment={method}_mnist", f"teacher_ckpt={student}", "module.student_steps=2",
+            "trainer.max_steps=2", "module.warmup_steps=1", *JOB, f"hydra.run.dir={tmp_path / method}")
+    out = job("benchmarks/distillation.py", "--teacher", teacher, "--student", student, "--few-step",
+              *(tmp_path / m / "checkpoints" / "last.ckpt" for m in ("progressive", "consistency")), "--ws", 0, 2,
+              "--samples", 10, "--batch", 10, "--steps", 3, "--train-steps", 1, "--train-batch", 4).stdout
     report = json.loads(out.strip().splitlines()[-1])
     rows = {r["model"]: r for r in report["rows"]}
     nfe = {name: [p["nfe"] for p in r["points"]] for name, r in rows.items()}
     # The teacher at the student's steps, and at its NFE: one guided step of two forwards at w = 2
     assert nfe == {"teacher": [3, 6], "student": [3, 3], "progressive 2, 2-step round": [2, 2],
+                   "consistency 2, 2-step round": [2, 2],
                    "teacher, DDIM 2": [2, 4], "teacher, DDIM at 2 NFE": [2, 2], "teacher, DPM++ 2": [2, 4],
                    "teacher, DPM++ at 2 NFE": [2, 2]}
     assert [p["steps"] for p in rows["teacher, DPM++ at 2 NFE"]["points"]] == [2, 1]
+    assert [rows[f"{m} 2, 2-step round"]["method"] for m in ("progressive", "consistency")] == ["progressive",
+                                                                                             "consistency"]
     assert rows["teacher"]["time_vs_teacher"] == 1 and all(r["time_vs_teacher"] > 0 for r in rows.values())
     assert all(p["fid"] > 0 for r in rows.values() for p in r["points"])
-    assert set(report["training"]["step_seconds"]) == {"teacher", "stage one", "progressive round"}
+    assert set(report["training"]["step_seconds"]) == {"teacher", "stage one", "progressive round", "consistency"}

@@ -1,8 +1,10 @@
 """Tables and plots of the guidance distillation study from benchmarks/distillation.py's JSON lines and run.sh's
-cost file: results.md (the targets of the study, the round-length curve, every row, the costs, the eps teacher's
-rows as the contrast) and tradeoff.png.
+cost file: results.md (the targets of the study for each few-step method, stage one's and the 8 -> 4 round's
+length curves, every row, the costs, the eps teacher's rows as the contrast) and tradeoff.png.
 
-    python tables.py benchmark.json benchmark_eps.json cost.txt
+    python tables.py benchmark.json benchmark_stage1_800.json benchmark_eps.json cost.txt
+
+benchmark_stage1_800.json: the run from the 800-step stage one, which holds the round-length curve.
 """
 
 import json
@@ -37,37 +39,52 @@ def point_table(rows: list[dict], samples: int) -> list[str]:
     return lines
 
 
-def targets(rows: dict, student4: dict, samples: int) -> list[str]:
+def ratios(row: dict, teacher: dict) -> str:
+    """FID / the teacher's at every w."""
+    return " / ".join(f"{s['fid'] / t['fid']:.3f}" for s, t in zip(row["points"], teacher["points"]))
+
+
+def targets(rows: dict, students4: list[dict], samples: int) -> list[str]:
     teacher, stage1 = rows["teacher"], rows["student"]
-    ratios = [s["fid"] / t["fid"] for s, t in zip(stage1["points"], teacher["points"])]
-    s4 = best(student4)
+    worst = max(s["fid"] / t["fid"] for s, t in zip(stage1["points"], teacher["points"]))
     lines = ["| target | measured | |", "| --- | --- | --- |",
              f"| stage one within 10 % of the teacher's FID at every w (one forward per step) | "
-             f"{' / '.join(f'{r:.3f}' for r in ratios)} | {verdict(max(ratios) <= 1.10)} |",
-             f"| 4-step student's best FID <= 1.25 x the teacher's best 20-step DPM++ FID | {s4['fid']:.2f} (w = "
-             f"{s4['w']:g}) against {best(teacher)['fid']:.2f} (w = {best(teacher)['w']:g}): "
-             f"{s4['fid'] / best(teacher)['fid']:.2f} x | {verdict(s4['fid'] <= 1.25 * best(teacher)['fid'])} |"]
-    for name in ("teacher, DDIM 4", "teacher, DPM++ 4", "teacher, DDIM at 4 NFE", "teacher, DPM++ at 4 NFE"):
-        b = best(rows[name])
-        lines.append(f"| better than {name} (best over w) | {s4['fid']:.2f} against {b['fid']:.2f} (w = {b['w']:g}) "
-                     f"| {verdict(s4['fid'] < b['fid'])} |")
-    guided = max(p["seconds"] for p in student4["points"] if p["w"] > 0) * 100 / samples
-    lines.append(f"| guided sampling at 4 steps <= 1 s per 100 images (slowest guided w; the teacher's 20-step "
-                 f"DPM++: {max(p['seconds'] for p in teacher['points'] if p['w'] > 0) * 100 / samples:.2f} s) | "
-                 f"{guided:.3f} s | {verdict(guided <= 1.0)} |")
+             f"{ratios(stage1, teacher)} | {verdict(worst <= 1.10)} |"]
+    for student4 in students4:
+        s4, method = best(student4), student4["model"]
+        lines.append(f"| {method}: best FID <= 1.25 x the teacher's best 20-step DPM++ FID | {s4['fid']:.2f} (w = "
+                     f"{s4['w']:g}) against {best(teacher)['fid']:.2f} (w = {best(teacher)['w']:g}): "
+                     f"{s4['fid'] / best(teacher)['fid']:.2f} x | "
+                     f"{verdict(s4['fid'] <= 1.25 * best(teacher)['fid'])} |")
+        for name in ("teacher, DDIM 4", "teacher, DPM++ 4", "teacher, DDIM at 4 NFE", "teacher, DPM++ at 4 NFE"):
+            b = best(rows[name])
+            lines.append(f"| {method}: better than {name} (best over w) | {s4['fid']:.2f} against {b['fid']:.2f} "
+                         f"(w = {b['w']:g}) | {verdict(s4['fid'] < b['fid'])} |")
+        guided = max(p["seconds"] for p in student4["points"] if p["w"] > 0) * 100 / samples
+        lines.append(f"| {method}: guided sampling <= 1 s per 100 images (slowest guided w; the teacher's 20-step "
+                     f"DPM++: {max(p['seconds'] for p in teacher['points'] if p['w'] > 0) * 100 / samples:.2f} s) "
+                     f"| {guided:.3f} s | {verdict(guided <= 1.0)} |")
     return lines
 
 
-def main(benchmark_json: str, eps_json: str, cost_file: str) -> None:
-    report = json.loads(Path(benchmark_json).read_text())
+def main(benchmark_json: str, earlier_json: str, eps_json: str, cost_file: str) -> None:
+    report, earlier = (json.loads(Path(f).read_text()) for f in (benchmark_json, earlier_json))
     samples = report["samples"]
     rows = {r["model"]: r for r in report["rows"]}
-    curve = sorted((r for r in report["rows"] if r.get("student_steps") == 4), key=lambda r: r["round_steps"])
-    student4 = min(curve, key=lambda r: best(r)["fid"])
+    students4 = [r for r in report["rows"] if r.get("student_steps") == 4]
+    curve = sorted((r for r in earlier["rows"] if r.get("student_steps") == 4), key=lambda r: r["round_steps"])
+    first = {r["model"]: r for r in earlier["rows"]}["student"]
     lines = [f"Device: {report['machine']}, {report['threads']} threads, torch {report['torch']}; "
              f"{samples} samples per w, the same labels and seeds in every row.", "",
-             "## Targets (v-prediction teacher)", "", *targets(rows, student4, samples), "",
-             "## Round length (8 -> 4 steps): FID at 4 steps against the round's optimizer steps", "",
+             "## Targets (v-prediction teacher; stage one of 2,000 steps, stage two from it)", "",
+             *targets(rows, students4, samples), "",
+             "## Stage one's length: FID / the teacher's at every w", "",
+             "| stage-one steps | " + " | ".join(f"w = {p['w']:g}" for p in first["points"]) + " |",
+             "| ---: |" + " ---: |" * len(first["points"]),
+             f"| 800 | {ratios(first, rows['teacher']).replace(' / ', ' | ')} |",
+             f"| 2000 | {ratios(rows['student'], rows['teacher']).replace(' / ', ' | ')} |", "",
+             "## Round length (8 -> 4 steps, from the 800-step stage one): FID at 4 steps against the round's "
+             "optimizer steps", "",
              "| steps per round | " + " | ".join(f"w = {p['w']:g}" for p in curve[0]["points"]) + " | best |",
              "| ---: |" + " ---: |" * (len(curve[0]["points"]) + 1)]
     lines += [f"| {r['round_steps']} | " + " | ".join(f"{p['fid']:.2f}" for p in r["points"]) +
@@ -93,7 +110,7 @@ def main(benchmark_json: str, eps_json: str, cost_file: str) -> None:
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name in ("teacher", "student", student4["model"], "teacher, DDIM 4", "teacher, DPM++ 4",
+    for name in ("teacher", "student", *(r["model"] for r in students4), "teacher, DDIM 4", "teacher, DPM++ 4",
                  "teacher, DDIM at 4 NFE", "teacher, DPM++ at 4 NFE"):
         row = rows[name]
         label = f"{name} ({row['points'][-1]['nfe']:.0f} NFE guided)"
@@ -107,7 +124,8 @@ def main(benchmark_json: str, eps_json: str, cost_file: str) -> None:
     axes[1].set(xlabel="recall", ylabel="precision")
     axes[2].plot([r["round_steps"] for r in curve], [best(r)["fid"] for r in curve], marker="o")
     axes[2].axhline(best(rows["teacher"])["fid"] * 1.25, color="gray", ls=":", label="1.25 x teacher's best")
-    axes[2].set(xlabel="optimizer steps in the 8 -> 4 round", ylabel="best FID over w at 4 steps", xscale="log")
+    axes[2].set(xlabel="optimizer steps in the 8 -> 4 round (800-step stage one)", ylabel="best FID over w at 4 steps",
+                xscale="log")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(HERE / "tradeoff.png", dpi=110)
@@ -115,4 +133,4 @@ def main(benchmark_json: str, eps_json: str, cost_file: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -3,8 +3,10 @@
 Stage one (`GuidanceDistillation`) trains a student that takes w as an input to predict its teacher's guided
 output (1 + w) eps_c - w eps_u, so one forward per step serves every w. Stage two (`ProgressiveDistillation`)
 halves the student's deterministic DDIM steps (Salimans & Ho 2022, "Progressive Distillation", Alg. 2): one
-student step matches two teacher steps. Both train on noised data like `CFGDiffusion`, with its optimizer,
-warm-up, label drops, seeded per-step randomness (exact resume) and checkpoints. The student is the network of
+student step matches two teacher steps. `ConsistencyDistillation` is stage two's alternative: one job distils
+straight to the final steps (guided multistep consistency distillation, Heek et al. 2024). All train on noised
+data like `CFGDiffusion`, with its optimizer, warm-up, label drops, seeded per-step randomness (exact resume) and
+checkpoints. The student is the network of
 `model=student`: the teacher's network, its weights and a w input (cfglab.models.student).
 
 A student checkpoint is a plain cfglab model: its stored config rebuilds a `CFGDiffusion` around the student
@@ -115,17 +117,13 @@ class GuidanceDistillation(_Distillation):
         return self.weighted_mse(self.net(xt, t, labels, w).float(), target, t)
 
 
-class ProgressiveDistillation(_Distillation):
-    """One round of progressive distillation (Salimans & Ho 2022, Alg. 2) of a guidance-distilled teacher: the
-    student, initialised as the teacher, learns to take in one deterministic DDIM step (eta = 0) from t_i to
-    t_{i+1} of the uniform `student_steps` grid where the teacher takes two, at the same label and w.
+class _StepDistillation(_Distillation):
+    """What the few-step methods share: a stage-one teacher of the student's w range, the deterministic DDIM step
+    (eta = 0) of teacher and student as sampling takes it (its x0 clipped by `sampling.clip_x0`, the setting that
+    samples the student), and the loss that makes the student's one step from z_t land where a longer path lands.
 
-    For z_t = alpha_t x + sigma_t eps, the teacher's two steps t -> t' -> t'' give z''; the target is the x~ whose
-    DDIM step from z_t lands on z'': x~ = (z'' - (sigma''/sigma) z_t) / (alpha'' - (sigma''/sigma) alpha) (Alg. 2),
-    converted to the network's target space with eps~ = (z_t - alpha x~) / sigma. The teacher steps as sampling
-    does, with its x0 clipped by `sampling.clip_x0` (the same setting samples the student). The loss is the squared
-    error in the network's target space with the `weighting`'s weight at t (Salimans & Ho's truncated SNR:
-    weighting=truncated_snr); w ~ U[w_min, w_max]; labels dropped with probability p_uncond.
+    student_steps: the DDIM steps of the student (uniform grid). A weighting that draws its own times is refused:
+    these methods train at the times of a DDIM grid.
     """
 
     def __init__(self, net: nn.Module, schedule: Schedule, num_classes: int, teacher_ckpt: Union[str, CFGDiffusion],
@@ -133,11 +131,11 @@ class ProgressiveDistillation(_Distillation):
         super().__init__(net, schedule, num_classes, teacher_ckpt, **kwargs)
         if self.teacher.guidance_range != net.guidance_range:
             raise ValueError(f"the teacher takes w in {self.teacher.guidance_range}, the student "
-                             f"{net.guidance_range}: progressive distillation starts from a stage-one student")
+                             f"{net.guidance_range}: {type(self).__name__} starts from a stage-one student")
         if type(self.weighting).times is not Weighting.times:
-            raise ValueError(f"weighting={self.weighting!r} draws its own training times; a progressive round trains "
-                             "at the times of its student's steps: use a weighting that only weights (uniform, "
-                             "truncated_snr, min_snr, sigmoid)")
+            raise ValueError(f"weighting={self.weighting!r} draws its own training times; {type(self).__name__} "
+                             "trains at the times of its student's steps: use a weighting that only weights "
+                             "(uniform, truncated_snr, min_snr, sigmoid)")
         time_grid(student_steps)  # validates
         self.student_steps = int(student_steps)
         self.sampling = sampling or SamplingSettings()
@@ -147,28 +145,87 @@ class ProgressiveDistillation(_Distillation):
         super().setup(stage)
         self.clip_x0 = self.sampling.resolve("cpu", self.trainer.datamodule.data_range)["clip_x0"]
 
-    def _teacher_step(self, z: Tensor, t: Tensor, s: Tensor, labels: Tensor, w: Tensor) -> Tensor:
-        """One DDIM (eta = 0) step of the teacher from times t to s (B,): alpha_s x0 + sigma_s eps."""
+    def _ddim_step(self, net: nn.Module, z: Tensor, t: Tensor, s: Tensor, labels: Tensor, w: Tensor) -> Tensor:
+        """One DDIM (eta = 0) step of `net` from times t to s (B,): alpha_s x0 + sigma_s eps."""
         alpha, sigma = self.schedule.alpha_sigma(t)
-        pred = to_prediction(self.teacher(z, t, labels, w).float(), z, alpha, sigma, self.target)
+        pred = to_prediction(net(z, t, labels, w).float(), z, alpha, sigma, self.target)
         pred = clip_prediction(pred, z, alpha, sigma, self.clip_x0)
         alpha_s, sigma_s = self.schedule.alpha_sigma(s)
         return broadcast(alpha_s, z) * pred.x0 + broadcast(sigma_s, z) * pred.eps
+
+    def _landing_loss(self, z: Tensor, t: Tensor, z_s: Tensor, s: Tensor, labels: Tensor, w: Tensor) -> Tensor:
+        """The weighted squared error of the student at (z_t, t) against the x~ whose DDIM step t -> s lands on
+        z_s: x~ = (z_s - (sigma_s/sigma_t) z_t) / (alpha_s - (sigma_s/sigma_t) alpha_t) (Salimans & Ho 2022,
+        Alg. 2), in the network's target space (eps~ = (z_t - alpha_t x~) / sigma_t)."""
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        alpha_s, sigma_s = self.schedule.alpha_sigma(s)
+        ratio = broadcast(sigma_s / sigma, z)
+        x_target = (z_s - ratio * z) / (broadcast(alpha_s, z) - ratio * broadcast(alpha, z))
+        eps_target = (z - broadcast(alpha, z) * x_target) / broadcast(sigma, z)
+        target = training_target(x_target, eps_target, alpha, sigma, self.target)
+        return self.weighted_mse(self.net(z, t, labels, w).float(), target, t)
+
+    def _noised(self, x0: Tensor, t: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        return broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
+
+
+class ProgressiveDistillation(_StepDistillation):
+    """One round of progressive distillation (Salimans & Ho 2022, Alg. 2) of a guidance-distilled teacher: the
+    student, initialised as the teacher, learns to take in one deterministic DDIM step (eta = 0) from t_i to
+    t_{i+1} of the uniform `student_steps` grid where the teacher takes two, at the same label and w.
+
+    The target is the x~ whose DDIM step from z_t lands on the teacher's z'' after t -> t' -> t''; the loss is the
+    squared error in the network's target space with the `weighting`'s weight at t (Salimans & Ho's truncated SNR:
+    weighting=truncated_snr); w ~ U[w_min, w_max]; labels dropped with probability p_uncond.
+    """
 
     def loss(self, x0, labels, generator=None):
         b = x0.shape[0]
         grid = time_grid(2 * self.student_steps).to(device=x0.device, dtype=x0.dtype)
         i = 2 * torch.randint(0, self.student_steps, (b,), generator=generator, device=x0.device)
         t, t1, t2 = grid[i], grid[i + 1], grid[i + 2]
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        z = self._noised(x0, t, generator)
         w = self.draw_w(b, generator, x0.device)
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        z = broadcast(alpha, x0) * x0 + broadcast(sigma, x0) * eps
         with torch.no_grad():
-            z2 = self._teacher_step(self._teacher_step(z, t, t1, labels, w), t1, t2, labels, w)
-            alpha2, sigma2 = self.schedule.alpha_sigma(t2)
-            ratio = broadcast(sigma2 / sigma, z)
-            x_target = (z2 - ratio * z) / (broadcast(alpha2, z) - ratio * broadcast(alpha, z))
-            eps_target = (z - broadcast(alpha, z) * x_target) / broadcast(sigma, z)
-            target = training_target(x_target, eps_target, alpha, sigma, self.target)
-        return self.weighted_mse(self.net(z, t, labels, w).float(), target, t)
+            z2 = self._ddim_step(self.teacher, self._ddim_step(self.teacher, z, t, t1, labels, w), t1, t2, labels, w)
+        return self._landing_loss(z, t, z2, t2, labels, w)
+
+
+class ConsistencyDistillation(_StepDistillation):
+    """Guided multistep consistency distillation (Heek et al. 2024, "Multistep Consistency Models", Alg. 2, with
+    the w-conditioned student of LCM, Luo et al. 2023): the `teacher_steps` DDIM grid is cut into `student_steps`
+    segments, and the student learns to jump from any grid time t to the end s of its segment in one DDIM step.
+
+    Target: the teacher takes one DDIM step t -> t' (guided at w through its w input), then the student itself,
+    without gradient (Heek et al.'s stop-gradient, no EMA target), steps t' -> s; the student's x~ at (z_t, t) is
+    the one whose DDIM step lands there (as in `ProgressiveDistillation`). Where t' = s the teacher's step lands
+    on s alone. The student is sampled like a progressive one: DDIM with `student_steps` steps.
+
+    teacher_steps: the teacher's DDIM steps over [0, 1], a multiple of student_steps (its ODE discretisation).
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule, num_classes: int, teacher_ckpt: Union[str, CFGDiffusion],
+                 student_steps: int, teacher_steps: int = 32, **kwargs):
+        super().__init__(net, schedule, num_classes, teacher_ckpt, student_steps, **kwargs)
+        time_grid(teacher_steps)  # validates
+        if teacher_steps % self.student_steps:
+            raise ValueError(f"teacher_steps={teacher_steps} must be a multiple of student_steps="
+                             f"{self.student_steps}: each student step spans whole teacher steps")
+        self.teacher_steps = int(teacher_steps)
+
+    def loss(self, x0, labels, generator=None):
+        b = x0.shape[0]
+        per_segment = self.teacher_steps // self.student_steps
+        grid = time_grid(self.teacher_steps).to(device=x0.device, dtype=x0.dtype)
+        i = torch.randint(0, self.teacher_steps, (b,), generator=generator, device=x0.device)
+        end = (i // per_segment + 1) * per_segment
+        t, t1, s = grid[i], grid[i + 1], grid[end]
+        z = self._noised(x0, t, generator)
+        w = self.draw_w(b, generator, x0.device)
+        with torch.no_grad():
+            z1 = self._ddim_step(self.teacher, z, t, t1, labels, w)
+            at_end = (end == i + 1).reshape(-1, *(1,) * (z.ndim - 1))
+            z_s = torch.where(at_end, z1, self._ddim_step(self.net, z1, t1, s, labels, w))
+        return self._landing_loss(z, t, z_s, s, labels, w)
