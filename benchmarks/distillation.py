@@ -141,7 +141,7 @@ def main() -> None:
                         help="domain classifier cache (default: $CFGLAB_CACHE or .cache/cfglab)")
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps per module")
     parser.add_argument("--train-batch", type=int, default=128)
-    parser.add_argument("--budget", nargs=5, type=int, default=[1776, 800, 500, 2, 1000],
+    parser.add_argument("--budget", nargs=5, type=int, default=[1776, 2000, 500, 2, 1000],
                         metavar=("TEACHER", "STAGE1", "ROUND", "ROUNDS", "CONSISTENCY"),
                         help="training steps of the presets (mnist_study, distill_mnist, progressive_mnist), the "
                         "number of progressive rounds, and the steps of consistency_mnist")

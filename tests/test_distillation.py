@@ -328,6 +328,13 @@ def test_a_teacher_that_nothing_reads_is_refused(teacher, tmp_path):
         check_train_config(composed("config", [f"teacher_ckpt={teacher}"], tmp_path))
 
 
+def test_the_consistency_preset_refuses_a_grid_it_cannot_cut_before_training(student, tmp_path):
+    args = ["experiment=consistency_mnist", f"teacher_ckpt={student}", "module.teacher_steps=30", *JOB]
+    with pytest.raises(ConfigError, match=r"module: .*teacher_steps=30 must be a multiple of student_steps=4"):
+        check_train_config(composed("config", args, tmp_path))
+    check_train_config(composed("config", args[:2] + JOB, tmp_path))  # the preset itself passes
+
+
 def test_bad_rounds_are_refused(student, tmp_path):
     args = ["experiment=progressive_mnist", f"teacher_ckpt={student}", *JOB]
     with pytest.raises(ConfigError, match=r"rounds: \[8, 3\]: each round halves the steps"):

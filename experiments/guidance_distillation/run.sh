@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Guidance distillation of a v-prediction mnist_study teacher on a 2-core CPU: stage one (w-conditioned student,
-# Meng et al. 2023), stage two (progressive distillation 16 -> 8 -> 4 DDIM steps, Salimans & Ho 2022, truncated-SNR
-# loss, learning rate annealed to 0 in each round), the 8 -> 4 round at three lengths (the round-length curve),
-# then the benchmark that samples teacher and students over w in {0, 0.5, 1, 2, 4} (1,000 samples each,
-# domain-classifier metrics) and the tables.
+# Meng et al. 2023, 2,000 steps), stage two by two methods: progressive distillation (16 -> 8 -> 4 DDIM steps,
+# Salimans & Ho 2022, truncated-SNR loss, learning rate annealed to 0 in each round) and guided multistep consistency
+# distillation straight to 4 steps (Heek et al. 2024); then the benchmark that samples teacher and students over w in {0, 0.5, 1, 2, 4} (1,000 samples each,
+# domain-classifier metrics) and the tables. The round-length curve and the 800-step stage one come from
+# benchmark_stage1_800.json, the run of this script before stage one was lengthened (800 steps; the 8 -> 4 round
+# at 250, 500 and 1000 steps).
 # Usage: experiments/guidance_distillation/run.sh /path/to/mnist [teacher.ckpt]
 #   Without a teacher checkpoint it first trains one: python train.py experiment=mnist_study_v (about 10 minutes).
 set -euo pipefail
@@ -25,17 +27,15 @@ if [ -z "$TEACHER" ]; then
 fi
 cpu_seconds stage1_v python train.py experiment=distill_mnist teacher_ckpt="$TEACHER" "${COMMON[@]}" \
   hydra.run.dir="$OUT/stage1_v"
-cpu_seconds stage2_v python distill.py experiment=progressive_mnist teacher_ckpt="$OUT/stage1_v/checkpoints/last.ckpt" \
-  rounds='[8,4]' "${COMMON[@]}" hydra.run.dir="$OUT/stage2_v"
-for L in 250 1000; do  # the 8 -> 4 round at other lengths (500: stage2_v/steps_4)
-  cpu_seconds "round4_$L" python train.py experiment=progressive_mnist module.student_steps=4 trainer.max_steps=$L \
-    teacher_ckpt="$OUT/stage2_v/steps_8/checkpoints/last.ckpt" "${COMMON[@]}" hydra.run.dir="$OUT/round4_$L"
-done
-python benchmarks/distillation.py --teacher "$TEACHER" --student "$OUT/stage1_v/checkpoints/last.ckpt" \
-  --progressive "$OUT/stage2_v/steps_8/checkpoints/last.ckpt" "$OUT/round4_250/checkpoints/last.ckpt" \
-  "$OUT/stage2_v/steps_4/checkpoints/last.ckpt" "$OUT/round4_1000/checkpoints/last.ckpt" \
-  --data-dir "$MNIST_DIR" | tee "$OUT/benchmark.txt"
+STAGE1=$OUT/stage1_v/checkpoints/last.ckpt
+cpu_seconds stage2_v python distill.py experiment=progressive_mnist teacher_ckpt="$STAGE1" rounds='[8,4]' \
+  "${COMMON[@]}" hydra.run.dir="$OUT/stage2_v"
+cpu_seconds consistency4 python train.py experiment=consistency_mnist teacher_ckpt="$STAGE1" "${COMMON[@]}" \
+  hydra.run.dir="$OUT/consistency4"
+python benchmarks/distillation.py --teacher "$TEACHER" --student "$STAGE1" \
+  --few-step "$OUT/stage2_v/steps_8/checkpoints/last.ckpt" "$OUT/stage2_v/steps_4/checkpoints/last.ckpt" \
+  "$OUT/consistency4/checkpoints/last.ckpt" --data-dir "$MNIST_DIR" | tee "$OUT/benchmark.txt"
 tail -n 1 "$OUT/benchmark.txt" > experiments/guidance_distillation/benchmark.json
 cp "$OUT/cost.txt" experiments/guidance_distillation/cost.txt
-python experiments/guidance_distillation/tables.py experiments/guidance_distillation/benchmark.json \
-  experiments/guidance_distillation/benchmark_eps.json experiments/guidance_distillation/cost.txt
+D=experiments/guidance_distillation
+python $D/tables.py $D/benchmark.json $D/benchmark_stage1_800.json $D/benchmark_eps.json $D/cost.txt
