@@ -73,15 +73,15 @@ def main(benchmark_json: str, earlier_json: str, eps_json: str, cost_file: str) 
     rows = {r["model"]: r for r in report["rows"]}
     students4 = [r for r in report["rows"] if r.get("student_steps") == 4]
     curve = sorted((r for r in earlier["rows"] if r.get("student_steps") == 4), key=lambda r: r["round_steps"])
-    first = {r["model"]: r for r in earlier["rows"]}["student"]
+    earlier_rows = {r["model"]: r for r in earlier["rows"]}  # its student against its own teacher run
     lines = [f"Device: {report['machine']}, {report['threads']} threads, torch {report['torch']}; "
              f"{samples} samples per w, the same labels and seeds in every row.", "",
              "## Targets (v-prediction teacher; stage one of 2,000 steps, stage two from it)", "",
              *targets(rows, students4, samples), "",
              "## Stage one's length: FID / the teacher's at every w", "",
-             "| stage-one steps | " + " | ".join(f"w = {p['w']:g}" for p in first["points"]) + " |",
-             "| ---: |" + " ---: |" * len(first["points"]),
-             f"| 800 | {ratios(first, rows['teacher']).replace(' / ', ' | ')} |",
+             "| stage-one steps | " + " | ".join(f"w = {p['w']:g}" for p in earlier_rows["student"]["points"]) + " |",
+             "| ---: |" + " ---: |" * len(earlier_rows["student"]["points"]),
+             f"| 800 | {ratios(earlier_rows['student'], earlier_rows['teacher']).replace(' / ', ' | ')} |",
              f"| 2000 | {ratios(rows['student'], rows['teacher']).replace(' / ', ' | ')} |", "",
              "## Round length (8 -> 4 steps, from the 800-step stage one): FID at 4 steps against the round's "
              "optimizer steps", "",
