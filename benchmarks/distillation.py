@@ -11,8 +11,9 @@ Rows, each sampling `--samples` balanced-label images at every w with the labels
   (one row per checkpoint: methods and rounds of different lengths can be compared), and, once per N, the teacher
   with DDIM and with DPM-Solver++ at N steps (2N NFE when guided) and at N NFE (N / 2 steps when guided, N at
   w = 0): what few steps give without distillation.
-Times cover sampling alone (no metrics), with the default `sampling` settings, and are given as ratios to the
-baseline measured in this run; the domain classifier's FID / IS / precision / recall / accuracy come after.
+Times cover sampling alone (no metrics), in batches of `--batch` with the default `sampling` settings, and are
+given as ratios to the baseline measured in this run; the domain classifier's FID / IS / precision / recall /
+accuracy come after. The few-step student with the fewest steps is then timed at each of `--batch-sizes`.
 
 Training cost: seconds per optimizer step (loss, backward, AdamW; batch `--train-batch`, bf16 autocast as the
 presets train) of the teacher's own training loss (the baseline), of stage one, of a progressive round and of
@@ -63,6 +64,22 @@ def sweep_row(name, module, dm, sampler_at: Callable, ws, metrics, args) -> dict
                               "seconds_per_100": 100 * seconds / args.samples,
                               **{k: m[k] for k in ("fid", "is", "precision", "recall", "accuracy")}})
     return row
+
+
+def batch_seconds(module, dm, steps: int, w: float, args) -> dict[int, float]:
+    """Seconds per 100 images of `module` sampled with DDIM `steps` at strength `w`, at each of --batch-sizes
+    (times alone, the same labels and seeds as the rows): the cost of the sampling batch size on this machine."""
+    labels = balanced_labels(args.samples, module.num_classes)
+    settings = SamplingSettings().resolve(module.device, dm.data_range)
+    out = {}
+    for batch in args.batch_sizes:
+        sync(module.device)
+        t0 = time.perf_counter()
+        sample_batches(sampler=DDIM(steps=steps), guidance=CFG(), w=w, labels=labels, batch_size=batch,
+                       seed=args.seed, **module.sampling_args(), **settings)
+        sync(module.device)
+        out[batch] = 100 * (time.perf_counter() - t0) / args.samples
+    return out
 
 
 def teacher_rows(teacher, dm, steps: int, ws, metrics, args) -> list[dict]:
@@ -133,7 +150,11 @@ def main() -> None:
                         "method and DDIM steps are read from the checkpoint's distillation settings)")
     parser.add_argument("--ws", nargs="+", type=float, default=[0.0, 0.5, 1.0, 2.0, 4.0])
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=500)
+    # a CPU samples small batches faster per image, their activations staying in cache (--batch-sizes measures it)
+    parser.add_argument("--batch", type=int, default=100, help="sampling batch size of every row")
+    parser.add_argument("--batch-sizes", nargs="*", type=int, default=[50, 100, 250, 500],
+                        help="batch sizes at which the few-step student with the fewest steps is timed "
+                        "(guided, at the largest w)")
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++(2M) steps of teacher and student")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="where the teacher's data set lives on this machine")
@@ -156,13 +177,15 @@ def main() -> None:
     solver = lambda w: DPMSolverPP2M(steps=args.steps)  # noqa: E731
     rows = [sweep_row("teacher", models["teacher"], dm, solver, args.ws, metrics, args),
             sweep_row("student", models["student"], dm, solver, args.ws, metrics, args)]
-    compared = set()
+    compared, fewest = set(), None  # fewest: (steps, name, module) of the student with the fewest steps
     for path in args.few_step:
         method, steps, round_steps = few_step_settings(path)
         student = Checkpoint.open(path).module(data)[1].to(args.device)
         rows.append({**sweep_row(f"{method} {steps}, {round_steps}-step round", student, dm,
                                  lambda w: DDIM(steps=steps), args.ws, metrics, args),
                      "method": method, "student_steps": steps, "round_steps": round_steps})
+        if fewest is None or steps < fewest[0]:
+            fewest = (steps, rows[-1]["model"], student)
         if steps not in compared:
             compared.add(steps)
             rows += teacher_rows(models["teacher"], dm, steps, args.ws, metrics, args)
@@ -179,9 +202,17 @@ def main() -> None:
                   f"{p['fid_vs_teacher']:>7.2f}{p['is']:>7.2f}{p['precision']:>7.3f}{p['recall']:>7.3f}"
                   f"{p['accuracy']:>7.3f}{p['seconds_per_100']:>7.2f}")
         print(f"{'':<60}sweep sampling {row['seconds']:.1f} s = {row['time_vs_teacher']:.3f} x the teacher's")
+    batches = {}
+    if fewest is not None and args.batch_sizes:
+        steps, name, student = fewest
+        batches = {"model": name, "w": max(args.ws),
+                   "seconds_per_100": batch_seconds(student, dm, steps, max(args.ws), args)}
+        print(f"\n{name} at w = {max(args.ws):g}: s / 100 images by sampling batch size")
+        for batch, sec in batches["seconds_per_100"].items():
+            print(f"batch {batch:<6}{sec:>7.2f}")
     cost = training_cost(args, teacher, tuple(teacher.net.sample_shape))
-    print(json.dumps({**describe(args.device), "samples": args.samples, "ws": args.ws, "rows": rows,
-                      "training": cost}))
+    print(json.dumps({**describe(args.device), "samples": args.samples, "batch": args.batch, "ws": args.ws,
+                      "rows": rows, "batch_sizes": batches, "training": cost}))
 
 
 METHODS = {ProgressiveDistillation.__name__: "progressive", ConsistencyDistillation.__name__: "consistency"}

@@ -352,7 +352,8 @@ def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teache
             "trainer.max_steps=2", "module.warmup_steps=1", *JOB, f"hydra.run.dir={tmp_path / method}")
     out = job("benchmarks/distillation.py", "--teacher", teacher, "--student", student, "--few-step",
               *(tmp_path / m / "checkpoints" / "last.ckpt" for m in ("progressive", "consistency")), "--ws", 0, 2,
-              "--samples", 10, "--batch", 10, "--steps", 3, "--train-steps", 1, "--train-batch", 4).stdout
+              "--samples", 10, "--batch", 10, "--batch-sizes", 5, 10, "--steps", 3, "--train-steps", 1,
+              "--train-batch", 4).stdout
     report = json.loads(out.strip().splitlines()[-1])
     rows = {r["model"]: r for r in report["rows"]}
     nfe = {name: [p["nfe"] for p in r["points"]] for name, r in rows.items()}
@@ -367,3 +368,6 @@ def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teache
     assert rows["teacher"]["time_vs_teacher"] == 1 and all(r["time_vs_teacher"] > 0 for r in rows.values())
     assert all(p["fid"] > 0 for r in rows.values() for p in r["points"])
     assert set(report["training"]["step_seconds"]) == {"teacher", "stage one", "progressive round", "consistency"}
+    batches = report["batch_sizes"]  # the first 2-step student, timed at each batch size
+    assert batches["model"] == "progressive 2, 2-step round" and batches["w"] == 2
+    assert list(batches["seconds_per_100"]) == ["5", "10"] and all(s > 0 for s in batches["seconds_per_100"].values())

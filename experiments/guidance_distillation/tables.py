@@ -1,6 +1,6 @@
 """Tables and plots of the guidance distillation study from benchmarks/distillation.py's JSON lines and run.sh's
 cost file: results.md (the targets of the study for each few-step method, stage one's and the 8 -> 4 round's
-length curves, every row, the costs, the eps teacher's rows as the contrast) and tradeoff.png.
+length curves, every row, the sampling batch size, the costs, the eps teacher's rows as the contrast) and tradeoff.png.
 
     python tables.py benchmark.json benchmark_stage1_800.json benchmark_eps.json cost.txt
 
@@ -75,7 +75,8 @@ def main(benchmark_json: str, earlier_json: str, eps_json: str, cost_file: str) 
     curve = sorted((r for r in earlier["rows"] if r.get("student_steps") == 4), key=lambda r: r["round_steps"])
     earlier_rows = {r["model"]: r for r in earlier["rows"]}  # its student against its own teacher run
     lines = [f"Device: {report['machine']}, {report['threads']} threads, torch {report['torch']}; "
-             f"{samples} samples per w, the same labels and seeds in every row.", "",
+             f"{samples} samples per w in batches of {report.get('batch', 500)}, the same labels and seeds in every "
+             "row.", "",
              "## Targets (v-prediction teacher; stage one of 2,000 steps, stage two from it)", "",
              *targets(rows, students4, samples), "",
              "## Stage one's length: FID / the teacher's at every w", "",
@@ -93,6 +94,11 @@ def main(benchmark_json: str, earlier_json: str, eps_json: str, cost_file: str) 
               "| model | sampler | sweep sampling s | / teacher's |", "| --- | --- | ---: | ---: |"]
     lines += [f"| {r['model']} | {r['sampler']} | {r['seconds']:.1f} | {r['time_vs_teacher']:.3f} |"
               for r in report["rows"]]
+    if report.get("batch_sizes"):
+        batches = report["batch_sizes"]
+        lines += ["", f"## Sampling batch size: {batches['model']}, guided at w = {batches['w']:g}", "",
+                  "| batch | s / 100 images |", "| ---: | ---: |"]
+        lines += [f"| {b} | {sec:.2f} |" for b, sec in batches["seconds_per_100"].items()]
     training = report["training"]
     lines += ["", "## Cost", "", "| training step (batch 128, bf16) | s | / teacher's |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {v:.3f} | {v / training['step_seconds']['teacher']:.2f} |"
