@@ -368,6 +368,17 @@ def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teache
     assert rows["teacher"]["time_vs_teacher"] == 1 and all(r["time_vs_teacher"] > 0 for r in rows.values())
     assert all(p["fid"] > 0 for r in rows.values() for p in r["points"])
     assert set(report["training"]["step_seconds"]) == {"teacher", "stage one", "progressive round", "consistency"}
+    # spread.py's first noise set is the benchmark's: the same FIDs at w = 0; the second is another
+    checkpoints = [tmp_path / m / "checkpoints" / "last.ckpt" for m in ("progressive", "consistency")]
+    spread = json.loads(job("experiments/guidance_distillation/spread.py", "--teacher", teacher, "--student",
+                            student, "--few-step", *checkpoints, "--samples", 10, "--batch", 10, "--steps", 3,
+                            "--repeats", 2).stdout.strip().splitlines()[-1])
+    fids = {r["model"]: r["fid"] for r in spread["rows"]}
+    benchmark_names = {"teacher": "teacher", "stage one": "student", "ProgressiveDistillation 2":
+                       "progressive 2, 2-step round", "ConsistencyDistillation 2": "consistency 2, 2-step round"}
+    assert set(fids) == set(benchmark_names)
+    for name, fid in fids.items():
+        assert fid[0] == pytest.approx(rows[benchmark_names[name]]["points"][0]["fid"], rel=1e-4) and fid[1] != fid[0]
     batches = report["batch_sizes"]  # the first 2-step student, timed at each batch size
     assert batches["model"] == "progressive 2, 2-step round" and batches["w"] == 2
     assert list(batches["seconds_per_100"]) == ["5", "10"] and all(s > 0 for s in batches["seconds_per_100"].values())

@@ -3,7 +3,7 @@
 # Meng et al. 2023, 2,000 steps), stage two by two methods: progressive distillation (16 -> 8 -> 4 DDIM steps,
 # Salimans & Ho 2022, truncated-SNR loss, learning rate annealed to 0 in each round) and guided multistep consistency
 # distillation straight to 4 steps (Heek et al. 2024); then the benchmark that samples teacher and students over w in {0, 0.5, 1, 2, 4} (1,000 samples each,
-# domain-classifier metrics) and the tables. The round-length curve and the 800-step stage one come from
+# domain-classifier metrics), the spread of w = 0 FIDs over 4 noise sets (spread.py) and the tables. The round-length curve and the 800-step stage one come from
 # benchmark_stage1_800.json, the run of this script before stage one was lengthened (800 steps; the 8 -> 4 round
 # at 250, 500 and 1000 steps).
 # Usage: experiments/guidance_distillation/run.sh /path/to/mnist [teacher.ckpt]
@@ -36,6 +36,10 @@ python benchmarks/distillation.py --teacher "$TEACHER" --student "$STAGE1" \
   --few-step "$OUT/stage2_v/steps_8/checkpoints/last.ckpt" "$OUT/stage2_v/steps_4/checkpoints/last.ckpt" \
   "$OUT/consistency4/checkpoints/last.ckpt" --data-dir "$MNIST_DIR" | tee "$OUT/benchmark.txt"
 tail -n 1 "$OUT/benchmark.txt" > experiments/guidance_distillation/benchmark.json
+python experiments/guidance_distillation/spread.py --teacher "$TEACHER" --student "$STAGE1" \
+  --few-step "$OUT/stage2_v/steps_4/checkpoints/last.ckpt" "$OUT/consistency4/checkpoints/last.ckpt" \
+  --data-dir "$MNIST_DIR" | tee "$OUT/spread.txt"
+tail -n 1 "$OUT/spread.txt" > experiments/guidance_distillation/spread.json
 cp "$OUT/cost.txt" experiments/guidance_distillation/cost.txt
 D=experiments/guidance_distillation
-python $D/tables.py $D/benchmark.json $D/benchmark_stage1_800.json $D/benchmark_eps.json $D/cost.txt
+python $D/tables.py $D/benchmark.json $D/benchmark_stage1_800.json $D/benchmark_eps.json $D/cost.txt $D/spread.json

@@ -2,12 +2,13 @@
 cost file: results.md (the targets of the study for each few-step method, stage one's and the 8 -> 4 round's
 length curves, every row, the sampling batch size, the costs, the eps teacher's rows as the contrast) and tradeoff.png.
 
-    python tables.py benchmark.json benchmark_stage1_800.json benchmark_eps.json cost.txt
+    python tables.py benchmark.json benchmark_stage1_800.json benchmark_eps.json cost.txt spread.json
 
 benchmark_stage1_800.json: the run from the 800-step stage one, which holds the round-length curve.
 """
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -67,7 +68,19 @@ def targets(rows: dict, students4: list[dict], samples: int) -> list[str]:
     return lines
 
 
-def main(benchmark_json: str, earlier_json: str, eps_json: str, cost_file: str) -> None:
+def spread_table(spread: dict) -> list[str]:
+    """spread.py's FIDs over noise sets: each repeat, mean +- sd, and the paired ratio to the teacher's."""
+    lines = [f"## Spread at w = {spread['w']:g}: {spread['repeats']} noise sets of {spread['samples']} samples "
+             "(repeat 0 is the benchmark's)", "",
+             "| model | FID per noise set | FID mean +- sd | / teacher's, paired |", "| --- | --- | ---: | ---: |"]
+    for row in spread["rows"]:
+        fid, ratio = row["fid"], row["fid_vs_teacher"]
+        lines.append(f"| {row['model']} | {' / '.join(f'{v:.2f}' for v in fid)} | {statistics.mean(fid):.2f} +- "
+                     f"{statistics.stdev(fid):.2f} | {statistics.mean(ratio):.3f} +- {statistics.stdev(ratio):.3f} |")
+    return lines
+
+
+def main(benchmark_json: str, earlier_json: str, eps_json: str, cost_file: str, spread_json: str) -> None:
     report, earlier = (json.loads(Path(f).read_text()) for f in (benchmark_json, earlier_json))
     samples = report["samples"]
     rows = {r["model"]: r for r in report["rows"]}
@@ -79,6 +92,7 @@ def main(benchmark_json: str, earlier_json: str, eps_json: str, cost_file: str) 
              "row.", "",
              "## Targets (v-prediction teacher; stage one of 2,000 steps, stage two from it)", "",
              *targets(rows, students4, samples), "",
+             *spread_table(json.loads(Path(spread_json).read_text())), "",
              "## Stage one's length: FID / the teacher's at every w", "",
              "| stage-one steps | " + " | ".join(f"w = {p['w']:g}" for p in earlier_rows["student"]["points"]) + " |",
              "| ---: |" + " ---: |" * len(earlier_rows["student"]["points"]),
@@ -139,4 +153,4 @@ def main(benchmark_json: str, earlier_json: str, eps_json: str, cost_file: str) 
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])
