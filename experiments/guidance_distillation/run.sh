@@ -2,12 +2,13 @@
 # Guidance distillation of a v-prediction mnist_study teacher on a 2-core CPU: stage one (w-conditioned student,
 # Meng et al. 2023, 2,000 steps), stage two by two methods: progressive distillation (16 -> 8 -> 4 DDIM steps,
 # Salimans & Ho 2022, truncated-SNR loss, learning rate annealed to 0 in each round) and guided multistep consistency
-# distillation straight to 4 steps (Heek et al. 2024); then the benchmark that samples teacher and students over w in {0, 0.5, 1, 2, 4} (1,000 samples each,
-# domain-classifier metrics), the spread of w = 0 FIDs over 4 noise sets (spread.py) and the tables. The round-length curve and the 800-step stage one come from
+# distillation straight to 4 steps (Heek et al. 2024); then the benchmark that samples teacher and students over
+# w in {0, 0.5, 1, 2, 4} (1,000 samples each, domain-classifier metrics), the spread of w = 0 FIDs over 4 noise sets
+# (spread.py) and the tables. The round-length curve and the 800-step stage one come from
 # benchmark_stage1_800.json, the run of this script before stage one was lengthened (800 steps; the 8 -> 4 round
 # at 250, 500 and 1000 steps).
 # Usage: experiments/guidance_distillation/run.sh /path/to/mnist [teacher.ckpt]
-#   Without a teacher checkpoint it first trains one: python train.py experiment=mnist_study_v (about 10 minutes).
+#   Without a teacher checkpoint it first trains one: python train.py experiment=mnist_study_v (12-16 minutes).
 set -euo pipefail
 MNIST_DIR=${1:?give the folder holding t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz}
 cd "$(dirname "$0")/../.."
@@ -22,7 +23,8 @@ cpu_seconds() {  # wall time x cores of a command, appended to $OUT/cost.txt as 
 }
 TEACHER=${2:-}
 if [ -z "$TEACHER" ]; then
-  cpu_seconds teacher_v python train.py experiment=mnist_study_v "${COMMON[@]}" grids.ws='[1]' hydra.run.dir="$OUT/teacher_v"
+  cpu_seconds teacher_v python train.py experiment=mnist_study_v "${COMMON[@]}" grids.ws='[1]' \
+    hydra.run.dir="$OUT/teacher_v"
   TEACHER=$OUT/teacher_v/checkpoints/last.ckpt
 fi
 cpu_seconds stage1_v python train.py experiment=distill_mnist teacher_ckpt="$TEACHER" "${COMMON[@]}" \
