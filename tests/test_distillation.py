@@ -350,10 +350,10 @@ def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teache
     for method in ("progressive", "consistency"):  # the two few-step methods, each as its preset runs it
         job("train.py", f"experiment={method}_mnist", f"teacher_ckpt={student}", "module.student_steps=2",
             "trainer.max_steps=2", "module.warmup_steps=1", *JOB, f"hydra.run.dir={tmp_path / method}")
-    out = job("benchmarks/distillation.py", "--teacher", teacher, "--student", student, "--few-step",
-              *(tmp_path / m / "checkpoints" / "last.ckpt" for m in ("progressive", "consistency")), "--ws", 0, 2,
-              "--samples", 10, "--batch", 10, "--batch-sizes", 5, 10, "--steps", 3, "--train-steps", 1,
-              "--train-batch", 4).stdout
+    checkpoints = [tmp_path / m / "checkpoints" / "last.ckpt" for m in ("progressive", "consistency")]
+    out = job("benchmarks/distillation.py", "--teacher", teacher, "--student", student, "--few-step", *checkpoints,
+              "--ws", 0, 2, "--samples", 10, "--batch", 10, "--batch-sizes", 5, 10, "--steps", 3,
+              "--train-steps", 1, "--train-batch", 4).stdout
     report = json.loads(out.strip().splitlines()[-1])
     rows = {r["model"]: r for r in report["rows"]}
     nfe = {name: [p["nfe"] for p in r["points"]] for name, r in rows.items()}
@@ -369,7 +369,6 @@ def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teache
     assert all(p["fid"] > 0 for r in rows.values() for p in r["points"])
     assert set(report["training"]["step_seconds"]) == {"teacher", "stage one", "progressive round", "consistency"}
     # spread.py's first noise set is the benchmark's: the same FIDs at w = 0; the second is another
-    checkpoints = [tmp_path / m / "checkpoints" / "last.ckpt" for m in ("progressive", "consistency")]
     spread = json.loads(job("experiments/guidance_distillation/spread.py", "--teacher", teacher, "--student",
                             student, "--few-step", *checkpoints, "--samples", 10, "--batch", 10, "--steps", 3,
                             "--repeats", 2).stdout.strip().splitlines()[-1])
