@@ -168,6 +168,9 @@ def main() -> None:
                         "number of progressive rounds, and the steps of consistency_mnist")
     add_device_argument(parser)
     args = parser.parse_args()
+    bad = [b for b in (args.batch, *args.batch_sizes) if b < 1]
+    if bad:
+        raise SystemExit(f"--batch / --batch-sizes: {bad} must be >= 1")
 
     data = {"data_dir": args.data_dir} if args.data_dir else None
     dm, teacher = Checkpoint.open(args.teacher).module(data)
