@@ -116,6 +116,17 @@ def eps_student(mixture, tmp_path_factory):
     return stage_one(mixture, teacher, tmp_path_factory)
 
 
+def test_stage_one_trains_the_new_w_embedding_at_its_own_learning_rate(mixture):
+    teacher = CFGDiffusion(ExactV(ExactGMMModel(mixture.mixture, SCHEDULE)), SCHEDULE, num_classes=4, target="v")
+    net = MLP(2, 4, hidden=32, depth=2, guidance_range=[0, 4])
+    groups = GuidanceDistillation(net, SCHEDULE, 4, teacher, lr=1e-3, guidance_lr_factor=20).param_groups()
+    assert [g.get("lr") for g in groups] == [None, pytest.approx(2e-2)]  # None: the module's lr
+    assert [id(p) for p in groups[1]["params"]] == [id(p) for p in net.guidance_emb.parameters()]
+    assert sorted(map(id, groups[0]["params"] + groups[1]["params"])) == sorted(map(id, net.parameters()))
+    with pytest.raises(ValueError, match="guidance_lr_factor=0 must be > 0"):
+        GuidanceDistillation(net, SCHEDULE, 4, teacher, guidance_lr_factor=0)
+
+
 def test_a_distilled_student_predicts_the_exact_guided_prediction_at_every_w(mixture_student):
     dm, teacher, student = mixture_student
     exact = teacher.net
@@ -259,6 +270,8 @@ def test_a_distillation_run_killed_and_resumed_ends_bit_identical(teacher, stude
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
     for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    body, embedding = b["optimizer_states"][0]["param_groups"]  # the preset's guidance_lr_factor, both annealed
+    assert embedding["lr"] == pytest.approx(body["lr"] * 10) and body["lr"] < body["initial_lr"]
 
 
 def test_a_student_checkpoint_goes_through_evaluate_at_one_forward_per_step(teacher, student, tmp_path):
@@ -312,6 +325,7 @@ def test_distill_py_chains_rounds_passes_a_stop_signal_on_and_resumes_skipping_f
     (["sweep.ws=[0,5]"], ["sweep.ws", "w=5", "outside [0, 4]"]),
     (["guidance=rescale"], ["sweep.ws", "CFGRescale cannot be sampled from a guidance-distilled network"]),
     (["module.lr_schedule=cosine"], ["module", "lr_schedule='cosine' is not one of ('constant', 'linear')"]),
+    (["module.guidance_lr_factor=-1"], ["module", "guidance_lr_factor=-1 must be > 0"]),
     (["trainer.max_steps=3"], ["module.lr_schedule", "trainer.max_steps=3: it needs trainer.max_steps > module."
                                                      "warmup_steps=5"]),
 ])

@@ -151,11 +151,15 @@ class CFGDiffusion(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         write_fields(checkpoint, **self.checkpoint_fields())
 
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups; a group without its own "lr" trains at `lr`."""
+        return [{"params": list(self.net.parameters())}]
+
     def configure_optimizers(self):
-        params = list(self.net.parameters())
+        groups = self.param_groups()
         # The fused CUDA kernel: one launch per step instead of several per parameter tensor.
-        fused = all(p.is_cuda for p in params)
-        opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, fused=fused)
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, fused=fused)
         factor = lr_factor(self.lr_schedule, self.warmup_steps, self.trainer.max_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
