@@ -18,7 +18,8 @@ accuracy come after. The few-step student with the fewest steps is then timed at
 Training cost: seconds per optimizer step (loss, backward, AdamW; batch `--train-batch`, bf16 autocast as the
 presets train) of the teacher's own training loss (the baseline), of stage one, of a progressive round and of
 consistency distillation, each timed over `--train-steps` steps in this run, then multiplied by the presets' step
-counts (`--budget`).
+counts (`--budget`); a progressive student of --few-step distilled from a finer teacher grid than the halving's
+adds its round, timed at that grid and multiplied by its own optimizer steps.
 Prints tables and one JSON line.
 """
 
@@ -113,32 +114,39 @@ def step_seconds(module, shape, args) -> float:
     return (time.perf_counter() - t0) / args.train_steps
 
 
-def training_cost(args, teacher, shape) -> dict:
+def training_cost(args, teacher, shape, direct=None) -> dict:
     """Per-step seconds of teacher training, stage one, a progressive round and consistency distillation, and the
-    presets' totals."""
+    presets' totals; direct: (teacher steps, optimizer steps) of a progressive round from a finer teacher grid,
+    timed and totalled as well."""
     # the presets' loss: truncated SNR, which an eps teacher distils without
     weighting = Uniform() if teacher.target == "eps" else TruncatedSNR()
     stage1 = GuidanceDistillation(student_net(args.teacher, shape[-1], shape[0], teacher.num_classes, [0, 4]),
                                   teacher.schedule, teacher.num_classes, args.teacher, weighting=weighting)
-    stage2 = {cls: cls(student_net(args.student, shape[-1], shape[0], teacher.num_classes), teacher.schedule,
-                       teacher.num_classes, args.student, student_steps=4, weighting=weighting)
-              for cls in (ProgressiveDistillation, ConsistencyDistillation)}
-    for m in (stage1, *stage2.values()):
+    def few_step(cls, **kw):
+        return cls(student_net(args.student, shape[-1], shape[0], teacher.num_classes), teacher.schedule,
+                   teacher.num_classes, args.student, student_steps=4, weighting=weighting, **kw)
+
+    modules = {"teacher": teacher, "stage one": stage1, "progressive round": few_step(ProgressiveDistillation),
+               "consistency": few_step(ConsistencyDistillation)}
+    steps = dict(zip(modules, args.budget[:3] + args.budget[4:]))
+    if direct is not None:
+        name = f"progressive round of {direct[0]} teacher steps"
+        modules[name], steps[name] = few_step(ProgressiveDistillation, teacher_steps=direct[0]), direct[1]
+    for m in list(modules.values())[1:]:
         m.teacher.to(args.device)
-    names = ("teacher", "stage one", "progressive round", "consistency")
-    seconds = {name: step_seconds(m, shape, args) for name, m in
-               zip(names, (teacher, stage1, *stage2.values()))}
-    steps = dict(zip(names, args.budget[:3] + args.budget[4:]))
+    seconds = {name: step_seconds(m, shape, args) for name, m in modules.items()}
     rounds = args.budget[3]
     total = {"teacher": seconds["teacher"] * steps["teacher"], "stage one": seconds["stage one"] * steps["stage one"],
              f"stage two ({rounds} rounds)": seconds["progressive round"] * steps["progressive round"] * rounds,
              "stage two (consistency)": seconds["consistency"] * steps["consistency"]}
-    print(f"\n{'training (batch ' + str(args.train_batch) + ', bf16)':<34}{'s/step':>8}{'vs T':>7}")
+    if direct is not None:
+        total[f"stage two (one round of {direct[0]} teacher steps)"] = seconds[name] * steps[name]
+    print(f"\n{'training (batch ' + str(args.train_batch) + ', bf16)':<50}{'s/step':>8}{'vs T':>7}")
     for name, sec in seconds.items():
-        print(f"{name:<34}{sec:>8.3f}{sec / seconds['teacher']:>7.2f}")
-    print(f"\n{'job at the presets steps':<34}{'minutes':>8}{'vs T':>7}")
+        print(f"{name:<50}{sec:>8.3f}{sec / seconds['teacher']:>7.2f}")
+    print(f"\n{'job at the presets steps':<50}{'minutes':>8}{'vs T':>7}")
     for name, sec in total.items():
-        print(f"{name:<34}{sec / 60:>8.1f}{sec / total['teacher']:>7.2f}")
+        print(f"{name:<50}{sec / 60:>8.1f}{sec / total['teacher']:>7.2f}")
     return {"step_seconds": seconds, "steps": steps, "rounds": rounds, "job_seconds": total}
 
 
@@ -181,12 +189,15 @@ def main() -> None:
     rows = [sweep_row("teacher", models["teacher"], dm, solver, args.ws, metrics, args),
             sweep_row("student", models["student"], dm, solver, args.ws, metrics, args)]
     compared, fewest = set(), None  # fewest: (steps, name, module) of the student with the fewest steps
+    direct = None  # (teacher steps, optimizer steps) of the first progressive round from a finer teacher grid
     for path in args.few_step:
-        method, steps, round_steps = few_step_settings(path)
+        settings = few_step_settings(path)
+        steps, finer = settings["student_steps"], settings.pop("finer")
+        if finer and direct is None:
+            direct = (settings["teacher_steps"], settings["round_steps"])
         student = Checkpoint.open(path).module(data)[1].to(args.device)
-        rows.append({**sweep_row(f"{method} {steps}, {round_steps}-step round", student, dm,
-                                 lambda w: DDIM(steps=steps), args.ws, metrics, args),
-                     "method": method, "student_steps": steps, "round_steps": round_steps})
+        rows.append({**sweep_row(settings["model"], student, dm, lambda w: DDIM(steps=steps), args.ws, metrics,
+                                 args), **settings})
         if fewest is None or steps < fewest[0]:
             fewest = (steps, rows[-1]["model"], student)
         if steps not in compared:
@@ -197,14 +208,14 @@ def main() -> None:
         row["time_vs_teacher"] = row["seconds"] / base["seconds"]
         for p, q in zip(row["points"], base["points"]):
             p["fid_vs_teacher"] = p["fid"] / q["fid"]
-    print(f"{'model':<34}{'sampler':<26}{'w':>5}{'NFE':>6}{'FID':>8}{'vs T':>7}{'IS':>7}{'prec':>7}{'rec':>7}"
+    print(f"{'model':<50}{'sampler':<26}{'w':>5}{'NFE':>6}{'FID':>8}{'vs T':>7}{'IS':>7}{'prec':>7}{'rec':>7}"
           f"{'acc':>7}{'s/100':>7}")
     for row in rows:
         for p in row["points"]:
-            print(f"{row['model']:<34}{row['sampler']:<26}{p['w']:>5g}{p['nfe']:>6.0f}{p['fid']:>8.2f}"
+            print(f"{row['model']:<50}{row['sampler']:<26}{p['w']:>5g}{p['nfe']:>6.0f}{p['fid']:>8.2f}"
                   f"{p['fid_vs_teacher']:>7.2f}{p['is']:>7.2f}{p['precision']:>7.3f}{p['recall']:>7.3f}"
                   f"{p['accuracy']:>7.3f}{p['seconds_per_100']:>7.2f}")
-        print(f"{'':<60}sweep sampling {row['seconds']:.1f} s = {row['time_vs_teacher']:.3f} x the teacher's")
+        print(f"{'':<76}sweep sampling {row['seconds']:.1f} s = {row['time_vs_teacher']:.3f} x the teacher's")
     batches = {}
     if fewest is not None and args.batch_sizes:
         steps, name, student = fewest
@@ -213,7 +224,7 @@ def main() -> None:
         print(f"\n{name} at w = {max(args.ws):g}: s / 100 images by sampling batch size")
         for batch, sec in batches["seconds_per_100"].items():
             print(f"batch {batch:<6}{sec:>7.2f}")
-    cost = training_cost(args, teacher, tuple(teacher.net.sample_shape))
+    cost = training_cost(args, teacher, tuple(teacher.net.sample_shape), direct)
     print(json.dumps({**describe(args.device), "samples": args.samples, "batch": args.batch, "ws": args.ws,
                       "rows": rows, "batch_sizes": batches, "training": cost}))
 
@@ -221,14 +232,20 @@ def main() -> None:
 METHODS = {ProgressiveDistillation.__name__: "progressive", ConsistencyDistillation.__name__: "consistency"}
 
 
-def few_step_settings(path: str) -> tuple[str, int, int]:
-    """The method ("progressive" or "consistency") and DDIM steps a few-step student was distilled with (stored
-    with its distillation settings), and the optimizer steps of its job."""
+def few_step_settings(path: str) -> dict:
+    """What a few-step student was distilled with (stored with its distillation settings): its method
+    ("progressive" or "consistency"), DDIM steps, teacher grid and optimizer steps, and the row name they make."""
     stored = Checkpoint.open(path, "point --few-step at a progressive or consistency distillation checkpoint")
     method = METHODS.get(str((stored.distillation or {}).get("_target_", "")).rsplit(".", 1)[-1])
     if method is None:
         raise SystemExit(f"{path} is not a progressive or consistency distillation checkpoint")
-    return method, int(stored.distillation["student_steps"]), stored.step
+    steps = int(stored.distillation["student_steps"])
+    # a progressive round stored before teacher_steps existed, or with null, halves its teacher's
+    teacher_steps = int(stored.distillation.get("teacher_steps") or 2 * steps)
+    finer = method == "progressive" and teacher_steps != 2 * steps  # one round from a finer teacher grid
+    name = f"{method} {steps}" + (f" of {teacher_steps} teacher steps" if finer else "") + f", {stored.step}-step round"
+    return {"model": name, "method": method, "student_steps": steps, "teacher_steps": teacher_steps,
+            "round_steps": stored.step, "finer": finer}
 
 
 if __name__ == "__main__":

@@ -127,6 +127,23 @@ def test_stage_one_trains_the_new_w_embedding_at_its_own_learning_rate(mixture):
         GuidanceDistillation(net, SCHEDULE, 4, teacher, guidance_lr_factor=0)
 
 
+def test_inverse_square_w_weighting_divides_each_error_by_one_plus_w_squared(mixture_student):
+    dm, teacher, _ = mixture_student
+    g = torch.Generator().manual_seed(2)
+    labels = torch.arange(256) % 4
+    x0 = dm.mixture.sample(labels, g).float()
+    loss = {}
+    for w_weighting in ("uniform", "inverse_square"):
+        torch.manual_seed(0)  # the same student weights for both
+        module = GuidanceDistillation(MLP(2, 4, hidden=32, depth=2, guidance_range=[0, 4]), SCHEDULE, 4, teacher,
+                                      weighting=TruncatedSNR(), w_weighting=w_weighting)
+        module.draw_w = lambda b, generator, device: torch.full((b,), 3.0)  # every example at w = 3
+        loss[w_weighting] = float(module.loss(x0, labels, torch.Generator().manual_seed(0)))
+    assert loss["inverse_square"] == pytest.approx(loss["uniform"] / 16, rel=1e-5)
+    with pytest.raises(ValueError, match="w_weighting='cubic' is not one of"):
+        GuidanceDistillation(MLP(2, 4, guidance_range=[0, 4]), SCHEDULE, 4, teacher, w_weighting="cubic")
+
+
 def test_a_distilled_student_predicts_the_exact_guided_prediction_at_every_w(mixture_student):
     dm, teacher, student = mixture_student
     exact = teacher.net
@@ -184,10 +201,12 @@ def test_one_progressive_round_halves_the_steps_at_v_but_not_at_eps(mixture_stud
         assert distance["eps", w] > 0.25 * std and distance["eps", w] > 3 * distance["v", w]
 
 
-def test_consistency_distillation_reaches_the_teachers_ode_in_a_few_steps(mixture_student, tmp_path):
+@pytest.mark.parametrize("method", [ConsistencyDistillation, ProgressiveDistillation])
+def test_one_job_brings_a_4_step_student_onto_its_teachers_finer_ode(mixture_student, method, tmp_path):
     """Heek et al. 2024: one job of multistep consistency distillation brings the 4-step student onto its teacher's
     `teacher_steps`-step DDIM samples (the ODE the consistency target is built from), at every w through the w
-    input, much nearer than the teacher's own 4 steps."""
+    input, much nearer than the teacher's own 4 steps; so does one progressive round whose teacher takes all
+    `teacher_steps` steps (8 per student step, where a halving round takes 2)."""
     dm, _, stage1_v = mixture_student
     steps, teacher_steps = 4, 32
     labels = torch.arange(2000) % 4
@@ -196,9 +215,9 @@ def test_consistency_distillation_reaches_the_teachers_ode_in_a_few_steps(mixtur
                                  **m.sampling_args())[0]
     std = math.sqrt(float(dm.mixture.covs[0, 0, 0]))
     L.seed_everything(0)
-    student = ConsistencyDistillation(MLP(2, 4, hidden=128, depth=3, guidance_range=[0, 4]), SCHEDULE, 4, stage1_v,
-                                      student_steps=steps, teacher_steps=teacher_steps, p_uncond=0.1, lr=1e-3,
-                                      warmup_steps=20, weighting=TruncatedSNR(), lr_schedule="linear")
+    student = method(MLP(2, 4, hidden=128, depth=3, guidance_range=[0, 4]), SCHEDULE, 4, stage1_v,
+                     student_steps=steps, teacher_steps=teacher_steps, p_uncond=0.1, lr=1e-3, warmup_steps=20,
+                     weighting=TruncatedSNR(), lr_schedule="linear")
     student.net.load_state_dict(stage1_v.net.state_dict())
     fit(student, dm, 800, tmp_path)
     for w in (0.0, 2.0):
@@ -206,15 +225,16 @@ def test_consistency_distillation_reaches_the_teachers_ode_in_a_few_steps(mixtur
         naive = float((run(stage1_v, steps, w) - reference).norm(dim=1).median())
         distance = float((run(student, steps, w) - reference).norm(dim=1).median())
         print(f"w={w}: median distance to the teacher's {teacher_steps}-step samples: teacher at {steps} steps "
-              f"{naive:.3f}, consistency student {distance:.3f} (component std {std:.3f})")
+              f"{naive:.3f}, {method.__name__} student {distance:.3f} (component std {std:.3f})")
         assert distance < 0.5 * naive and distance < 0.25 * std
 
 
-def test_consistency_distillation_refuses_a_grid_it_cannot_cut(mixture_student):
+@pytest.mark.parametrize("method", [ConsistencyDistillation, ProgressiveDistillation])
+def test_few_step_distillation_refuses_a_grid_it_cannot_cut(mixture_student, method):
     _, _, stage1_v = mixture_student
     with pytest.raises(ValueError, match="teacher_steps=30 must be a multiple of student_steps=4"):
-        ConsistencyDistillation(MLP(2, 4, hidden=16, depth=1, guidance_range=[0, 4]), SCHEDULE, 4, stage1_v,
-                                student_steps=4, teacher_steps=30)
+        method(MLP(2, 4, hidden=16, depth=1, guidance_range=[0, 4]), SCHEDULE, 4, stage1_v, student_steps=4,
+               teacher_steps=30)
 
 
 # --- the jobs: train.py with experiment=distill_mnist, distill.py, evaluate.py on a student ---------------------
@@ -326,6 +346,7 @@ def test_distill_py_chains_rounds_passes_a_stop_signal_on_and_resumes_skipping_f
     (["guidance=rescale"], ["sweep.ws", "CFGRescale cannot be sampled from a guidance-distilled network"]),
     (["module.lr_schedule=cosine"], ["module", "lr_schedule='cosine' is not one of ('constant', 'linear')"]),
     (["module.guidance_lr_factor=-1"], ["module", "guidance_lr_factor=-1 must be > 0"]),
+    (["module.w_weighting=cubic"], ["module", "w_weighting='cubic' is not one of ('uniform', 'inverse_square')"]),
     (["trainer.max_steps=3"], ["module.lr_schedule", "trainer.max_steps=3: it needs trainer.max_steps > module."
                                                      "warmup_steps=5"]),
 ])
@@ -342,9 +363,12 @@ def test_a_teacher_that_nothing_reads_is_refused(teacher, tmp_path):
         check_train_config(composed("config", [f"teacher_ckpt={teacher}"], tmp_path))
 
 
-def test_the_consistency_preset_refuses_a_grid_it_cannot_cut_before_training(student, tmp_path):
-    args = ["experiment=consistency_mnist", f"teacher_ckpt={student}", "module.teacher_steps=30", *JOB]
-    with pytest.raises(ConfigError, match=r"module: .*teacher_steps=30 must be a multiple of student_steps=4"):
+@pytest.mark.parametrize("preset, student_steps", [("consistency_mnist", 4), ("progressive_mnist", 8)])
+def test_the_few_step_presets_refuse_a_grid_they_cannot_cut_before_training(student, preset, student_steps,
+                                                                             tmp_path):
+    args = [f"experiment={preset}", f"teacher_ckpt={student}", "module.teacher_steps=30", *JOB]
+    with pytest.raises(ConfigError, match=rf"module: .*teacher_steps=30 must be a multiple of student_steps="
+                                          rf"{student_steps}"):
         check_train_config(composed("config", args, tmp_path))
     check_train_config(composed("config", args[:2] + JOB, tmp_path))  # the preset itself passes
 
@@ -361,10 +385,13 @@ def test_bad_rounds_are_refused(student, tmp_path):
 
 
 def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teacher, student, tmp_path):
-    for method in ("progressive", "consistency"):  # the two few-step methods, each as its preset runs it
-        job("train.py", f"experiment={method}_mnist", f"teacher_ckpt={student}", "module.student_steps=2",
-            "trainer.max_steps=2", "module.warmup_steps=1", *JOB, f"hydra.run.dir={tmp_path / method}")
-    checkpoints = [tmp_path / m / "checkpoints" / "last.ckpt" for m in ("progressive", "consistency")]
+    # the two few-step methods, each as its preset runs it, and a progressive round from a finer teacher grid
+    runs = {"progressive": ["experiment=progressive_mnist"], "consistency": ["experiment=consistency_mnist"],
+            "progressive_of_8": ["experiment=progressive_mnist", "module.teacher_steps=8"]}
+    for name, preset in runs.items():
+        job("train.py", *preset, f"teacher_ckpt={student}", "module.student_steps=2", "trainer.max_steps=2",
+            "module.warmup_steps=1", *JOB, f"hydra.run.dir={tmp_path / name}")
+    checkpoints = [tmp_path / m / "checkpoints" / "last.ckpt" for m in runs]
     out = job("benchmarks/distillation.py", "--teacher", teacher, "--student", student, "--few-step", *checkpoints,
               "--ws", 0, 2, "--samples", 10, "--batch", 10, "--batch-sizes", 5, 10, "--steps", 3,
               "--train-steps", 1, "--train-batch", 4).stdout
@@ -373,7 +400,7 @@ def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teache
     nfe = {name: [p["nfe"] for p in r["points"]] for name, r in rows.items()}
     # The teacher at the student's steps, and at its NFE: one guided step of two forwards at w = 2
     assert nfe == {"teacher": [3, 6], "student": [3, 3], "progressive 2, 2-step round": [2, 2],
-                   "consistency 2, 2-step round": [2, 2],
+                   "consistency 2, 2-step round": [2, 2], "progressive 2 of 8 teacher steps, 2-step round": [2, 2],
                    "teacher, DDIM 2": [2, 4], "teacher, DDIM at 2 NFE": [2, 2], "teacher, DPM++ 2": [2, 4],
                    "teacher, DPM++ at 2 NFE": [2, 2]}
     assert [p["steps"] for p in rows["teacher, DPM++ at 2 NFE"]["points"]] == [2, 1]
@@ -381,17 +408,24 @@ def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teache
                                                                                              "consistency"]
     assert rows["teacher"]["time_vs_teacher"] == 1 and all(r["time_vs_teacher"] > 0 for r in rows.values())
     assert all(p["fid"] > 0 for r in rows.values() for p in r["points"])
-    assert set(report["training"]["step_seconds"]) == {"teacher", "stage one", "progressive round", "consistency"}
+    assert set(report["training"]["step_seconds"]) == {"teacher", "stage one", "progressive round", "consistency",
+                                                       "progressive round of 8 teacher steps"}
+    assert [rows[n]["teacher_steps"] for n in nfe if "2-step round" in n] == [4, 32, 8]  # halving, preset, finer
     # spread.py's first noise set is the benchmark's: the same FIDs at w = 0; the second is another
     spread = json.loads(job("experiments/guidance_distillation/spread.py", "--teacher", teacher, "--student",
                             student, "--few-step", *checkpoints, "--samples", 10, "--batch", 10, "--steps", 3,
                             "--repeats", 2).stdout.strip().splitlines()[-1])
     fids = {r["model"]: r["fid"] for r in spread["rows"]}
-    benchmark_names = {"teacher": "teacher", "stage one": "student", "ProgressiveDistillation 2":
-                       "progressive 2, 2-step round", "ConsistencyDistillation 2": "consistency 2, 2-step round"}
-    assert set(fids) == set(benchmark_names)
+    assert set(fids) == {"stage one", *rows} - {n for n in rows if n.startswith("teacher,")} - {"student"}
     for name, fid in fids.items():
-        assert fid[0] == pytest.approx(rows[benchmark_names[name]]["points"][0]["fid"], rel=1e-4) and fid[1] != fid[0]
+        row = rows["student" if name == "stage one" else name]
+        assert fid[0] == pytest.approx(row["points"][0]["fid"], rel=1e-4) and fid[1] != fid[0]
+    # screen.py samples as the rows do: the same FID at the student's own steps, and stage one at --steps
+    screen = job("experiments/guidance_distillation/screen.py", "--ws", 2, "--samples", 10, "--batch", 10,
+                 checkpoints[0]).stdout
+    assert f"FID {rows['progressive 2, 2-step round']['points'][1]['fid']:.2f} " in screen, screen
+    assert "DDIM 5  w=0" in job("experiments/guidance_distillation/screen.py", "--ws", 0, "--steps", 5,
+                                "--samples", 10, "--batch", 10, student).stdout
     batches = report["batch_sizes"]  # the first 2-step student, timed at each batch size
     assert batches["model"] == "progressive 2, 2-step round" and batches["w"] == 2
     assert list(batches["seconds_per_100"]) == ["5", "10"] and all(s > 0 for s in batches["seconds_per_100"].values())

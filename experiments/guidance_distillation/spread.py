@@ -15,6 +15,8 @@ import argparse
 import json
 import os
 import statistics
+import sys
+from pathlib import Path
 
 from cfglab.checkpoints import Checkpoint
 from cfglab.diffusion.guidance import CFG
@@ -22,6 +24,9 @@ from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M
 from cfglab.diffusion.sampling import SamplingSettings, sample_batches
 from cfglab.metrics.fidelity import build_metrics
 from cfglab.sweep import balanced_labels
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from distillation import few_step_settings  # noqa: E402
 
 
 def fids(module, dm, sampler, metrics, args) -> list[float]:
@@ -64,9 +69,8 @@ def main() -> None:
               ("stage one", Checkpoint.open(args.student).module(data)[1], DPMSolverPP2M(steps=args.steps))]
     for path in args.few_step:
         stored = Checkpoint.open(path)
-        steps = int(stored.distillation["student_steps"])
-        name = str(stored.distillation["_target_"]).rsplit(".", 1)[-1]
-        models.append((f"{name} {steps}", stored.module(data)[1], DDIM(steps=steps)))
+        settings = few_step_settings(path)  # named as in the benchmark's rows
+        models.append((settings["model"], stored.module(data)[1], DDIM(steps=settings["student_steps"])))
     rows = {name: fids(module, dm, sampler, metrics, args) for name, module, sampler in models}
     base = rows["teacher"]
     print(f"w = {args.w:g}, {args.repeats} noise sets of {args.samples} samples")

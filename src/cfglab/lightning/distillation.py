@@ -3,7 +3,7 @@
 Stage one (`GuidanceDistillation`) trains a student that takes w as an input to predict its teacher's guided
 output (1 + w) eps_c - w eps_u, so one forward per step serves every w. Stage two (`ProgressiveDistillation`)
 halves the student's deterministic DDIM steps (Salimans & Ho 2022, "Progressive Distillation", Alg. 2): one
-student step matches two teacher steps. `ConsistencyDistillation` is stage two's alternative: one job distils
+student step matches two teacher steps, or as many as `teacher_steps` gives it. `ConsistencyDistillation` is stage two's alternative: one job distils
 straight to the final steps (guided multistep consistency distillation, Heek et al. 2024). All train on noised
 data like `CFGDiffusion`, with its optimizer, warm-up, label drops, seeded per-step randomness (exact resume) and
 checkpoints. The student is the network of
@@ -150,10 +150,13 @@ class _StepDistillation(_Distillation):
 
     student_steps: the DDIM steps of the student (uniform grid). A weighting that draws its own times is refused:
     these methods train at the times of a DDIM grid.
+    teacher_steps: the teacher's DDIM steps over [0, 1] (its ODE discretisation), a multiple of student_steps;
+        None: twice the student's, progressive distillation's halving.
     """
 
     def __init__(self, net: nn.Module, schedule: Schedule, num_classes: int, teacher_ckpt: Union[str, CFGDiffusion],
-                 student_steps: int, sampling: Optional[SamplingSettings] = None, **kwargs):
+                 student_steps: int, teacher_steps: Optional[int] = None, sampling: Optional[SamplingSettings] = None,
+                 **kwargs):
         super().__init__(net, schedule, num_classes, teacher_ckpt, **kwargs)
         if self.teacher.guidance_range != net.guidance_range:
             raise ValueError(f"the teacher takes w in {self.teacher.guidance_range}, the student "
@@ -164,6 +167,12 @@ class _StepDistillation(_Distillation):
                              "(uniform, truncated_snr, min_snr, sigmoid)")
         time_grid(student_steps)  # validates
         self.student_steps = int(student_steps)
+        teacher_steps = 2 * self.student_steps if teacher_steps is None else teacher_steps
+        time_grid(teacher_steps)
+        if teacher_steps % self.student_steps:
+            raise ValueError(f"teacher_steps={teacher_steps} must be a multiple of student_steps="
+                             f"{self.student_steps}: each student step spans whole teacher steps")
+        self.teacher_steps = int(teacher_steps)
         self.sampling = sampling or SamplingSettings()
         self.clip_x0: Optional[float] = None
 
@@ -205,18 +214,24 @@ class ProgressiveDistillation(_StepDistillation):
     The target is the x~ whose DDIM step from z_t lands on the teacher's z'' after t -> t' -> t''; the loss is the
     squared error in the network's target space with the `weighting`'s weight at t (Salimans & Ho's truncated SNR:
     weighting=truncated_snr); w ~ U[w_min, w_max]; labels dropped with probability p_uncond.
+
+    With teacher_steps > 2 student_steps the teacher takes teacher_steps / student_steps DDIM steps for each
+    student step: one round distils a fine discretisation of the teacher's ODE straight to the student's steps
+    (as Luhman & Luhman 2021 distil a whole sampler), where halving rounds compound each round's error on top of
+    the coarse 2 student_steps path they start from.
     """
 
     def loss(self, x0, labels, generator=None):
-        b = x0.shape[0]
-        grid = time_grid(2 * self.student_steps).to(device=x0.device, dtype=x0.dtype)
-        i = 2 * torch.randint(0, self.student_steps, (b,), generator=generator, device=x0.device)
-        t, t1, t2 = grid[i], grid[i + 1], grid[i + 2]
-        z = self._noised(x0, t, generator)
+        b, per_step = x0.shape[0], self.teacher_steps // self.student_steps
+        grid = time_grid(self.teacher_steps).to(device=x0.device, dtype=x0.dtype)
+        i = per_step * torch.randint(0, self.student_steps, (b,), generator=generator, device=x0.device)
+        z = self._noised(x0, grid[i], generator)
         w = self.draw_w(b, generator, x0.device)
         with torch.no_grad():
-            z2 = self._ddim_step(self.teacher, self._ddim_step(self.teacher, z, t, t1, labels, w), t1, t2, labels, w)
-        return self._landing_loss(z, t, z2, t2, labels, w)
+            z_s = z
+            for k in range(per_step):
+                z_s = self._ddim_step(self.teacher, z_s, grid[i + k], grid[i + k + 1], labels, w)
+        return self._landing_loss(z, grid[i], z_s, grid[i + per_step], labels, w)
 
 
 class ConsistencyDistillation(_StepDistillation):
@@ -228,18 +243,11 @@ class ConsistencyDistillation(_StepDistillation):
     without gradient (Heek et al.'s stop-gradient, no EMA target), steps t' -> s; the student's x~ at (z_t, t) is
     the one whose DDIM step lands there (as in `ProgressiveDistillation`). Where t' = s the teacher's step lands
     on s alone. The student is sampled like a progressive one: DDIM with `student_steps` steps.
-
-    teacher_steps: the teacher's DDIM steps over [0, 1], a multiple of student_steps (its ODE discretisation).
     """
 
     def __init__(self, net: nn.Module, schedule: Schedule, num_classes: int, teacher_ckpt: Union[str, CFGDiffusion],
                  student_steps: int, teacher_steps: int = 32, **kwargs):
-        super().__init__(net, schedule, num_classes, teacher_ckpt, student_steps, **kwargs)
-        time_grid(teacher_steps)  # validates
-        if teacher_steps % self.student_steps:
-            raise ValueError(f"teacher_steps={teacher_steps} must be a multiple of student_steps="
-                             f"{self.student_steps}: each student step spans whole teacher steps")
-        self.teacher_steps = int(teacher_steps)
+        super().__init__(net, schedule, num_classes, teacher_ckpt, student_steps, teacher_steps, **kwargs)
 
     def loss(self, x0, labels, generator=None):
         b = x0.shape[0]
