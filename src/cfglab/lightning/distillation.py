@@ -3,11 +3,11 @@
 Stage one (`GuidanceDistillation`) trains a student that takes w as an input to predict its teacher's guided
 output (1 + w) eps_c - w eps_u, so one forward per step serves every w. Stage two (`ProgressiveDistillation`)
 halves the student's deterministic DDIM steps (Salimans & Ho 2022, "Progressive Distillation", Alg. 2): one
-student step matches two teacher steps, or as many as `teacher_steps` gives it. `ConsistencyDistillation` is stage two's alternative: one job distils
-straight to the final steps (guided multistep consistency distillation, Heek et al. 2024). All train on noised
-data like `CFGDiffusion`, with its optimizer, warm-up, label drops, seeded per-step randomness (exact resume) and
-checkpoints. The student is the network of
-`model=student`: the teacher's network, its weights and a w input (cfglab.models.student).
+student step matches two teacher steps, or as many as `teacher_steps` gives it. `ConsistencyDistillation` is
+stage two's alternative: one job distils straight to the final steps (guided multistep consistency distillation,
+Heek et al. 2024). All train on noised data like `CFGDiffusion`, with its optimizer, warm-up, label drops, seeded
+per-step randomness (exact resume) and checkpoints. The student is the network of `model=student`: the teacher's
+network, its weights and a w input (cfglab.models.student).
 
 A student checkpoint is a plain cfglab model: its stored config rebuilds a `CFGDiffusion` around the student
 network, so evaluate.py, generate.py and the sweeps sample it like any other, through the w input.
