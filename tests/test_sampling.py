@@ -80,12 +80,12 @@ def test_bad_settings_are_refused(bad, match):
         SamplingSettings(**bad)
 
 
-def test_the_readme_sampling_example_runs():
-    text = (ROOT / "README.md").read_text()
+def test_the_documented_sampling_example_runs():
+    text = (ROOT / "docs" / "diffusion-code.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "sample_batches" in b)
     module = small_module()
     scope = {"net": module.net}
-    exec(compile(block, "README.md", "exec"), scope)
+    exec(compile(block, "docs/diffusion-code.md", "exec"), scope)
     assert scope["x0"].shape == (16, 1, 8, 8) and scope["nfe"] == 100
     assert scope["images"].shape == (100, 1, 8, 8) and scope["images"].dtype == torch.uint8
 

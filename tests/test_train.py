@@ -7,6 +7,8 @@ import numpy as np
 import csv
 import json
 import os
+import re
+
 import pytest
 import torch
 from PIL import Image
@@ -17,9 +19,9 @@ from cfglab.diffusion.samplers import DDIM
 from helpers import ROOT, sample_module
 
 
-def run_train(run_dir, *overrides):
-    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false",
-           *overrides]
+def run_train(run_dir, *overrides, progress=False):
+    cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
+           *([] if progress else ["trainer.enable_progress_bar=false"]), *overrides]
     env = {**os.environ, "CFGLAB_CACHE": str(run_dir / "cache")}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -28,13 +30,20 @@ def run_train(run_dir, *overrides):
 
 def test_debug_preset_runs_the_whole_job_small_and_reports_it(tmp_path):
     """experiment=debug: train, checkpoint, sweep and grids end to end; the run says what it measured and what
-    produced it."""
-    proc = run_train(tmp_path, "experiment=debug")
+    produced it, and nothing that is not about the run (no tip, no warning, no zero FLOPs), with its progress bars
+    on as a user sees them and a logging interval longer than an epoch (12 batches)."""
+    proc = run_train(tmp_path, "experiment=debug", "trainer.log_every_n_steps=20", progress=True)
     points = json.loads((tmp_path / "sweep.json").read_text())["points"]
     assert [(p["step"], p["w"], p["num_samples"]) for p in points] == [(10, 0.0, 50), (10, 1.0, 50)]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
     out = proc.stdout + proc.stderr
-    assert "sweep point done: step=10  w=1" in out  # one line per point, with progress bars off
+    assert "sweep point done: step=10  w=1" in out  # one line per point
+    for noise in ("Tip", "litlogger", "LeafSpec", "no last checkpoint", "Warning", "warn(", "v_num", "TPU available",
+                  "Skipping setting a default"):
+        assert noise not in out, noise
+    flops = re.search(r"\n([\d.]+ [KMG]?) +Total Flops", out)
+    assert flops and float(flops.group(1).split()[0]) > 0  # one forward of one sample, counted
+    assert "training steps (epoch 0): 100%" in out and "10/10" in out
     assert "domain classifier: step 0 of" in out
     table = proc.stdout[proc.stdout.index("guidance sweep at step 10"):]
     assert all(c in table for c in ("fid", "precision", "recall", "accuracy", "nfe"))

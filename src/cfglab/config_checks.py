@@ -145,7 +145,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if ckpt_path not in (None, "last", _MISSING) and not Path(ckpt_path).is_file():
         p.add("ckpt_path", f"{ckpt_path!r} is not a file (use 'last' to resume from the run directory, or null)")
     else:
-        resume = _resume_path(cfg, ckpt_path)
+        resume = resume_path(cfg, ckpt_path)
         if resume is not None:
             p.build("ckpt_path", lambda: Checkpoint.open(resume, RESUME_ADVICE))
     p.raise_if_any("train")
@@ -311,7 +311,7 @@ def _check_metrics(cfg: DictConfig, data, p: _Problems, num_classes: Optional[in
                                                              f"samples of sweep.num_samples={num_samples}"))
 
 
-def _resume_path(cfg: DictConfig, ckpt_path: Any) -> Optional[Path]:
+def resume_path(cfg: DictConfig, ckpt_path: Any) -> Optional[Path]:
     """The checkpoint fit() would resume from: ckpt_path itself, or for 'last' the newest last*.ckpt in the
     checkpoint callback's folder (Lightning's own choice, made inside its private checkpoint connector, so it is
     repeated here); None when there is none."""

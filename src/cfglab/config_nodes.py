@@ -9,10 +9,11 @@ import inspect
 import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Literal, Optional, Union
 
 import yaml
 from hydra.utils import get_method
+from lightning.pytorch import Trainer
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
@@ -192,6 +193,8 @@ def _annotations(target) -> dict[str, Any]:
         except Exception:  # an annotation that cannot be evaluated here (a name imported for type checkers only)
             continue
     hints.pop("return", None)
+    if target is Trainer and "precision" in hints:  # cfglab resolves 'auto' before it builds the Trainer
+        hints["precision"] = Union[Literal["auto"], hints["precision"]]  # (cfglab.lightning.trainer.build_trainer)
     return hints
 
 

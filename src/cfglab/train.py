@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cfglab.build import build
 from cfglab.checkpoints import load_guide_net
-from cfglab.config_checks import check_train_config
+from cfglab.config_checks import check_train_config, resume_path
 from cfglab.grids import guided_grids
 from cfglab.lightning.checkpoint_io import AtomicCheckpointIO
 from cfglab.lightning.guidance_sweep import GuidanceSweep
@@ -45,7 +45,10 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict:
         module.run_identity = training_run_identity(loggers, output_dir)
     for lg in loggers:
         lg.log_hyperparams({**config, "stamp": stamp})
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # "last" resolved here as Lightning would (the newest last*.ckpt), so that a first run starts afresh without
+    # Lightning's warning that it found none.
+    resume = resume_path(cfg, cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume))
 
     hand_over(trainer)
     stopped_by = stop_signal(trainer)

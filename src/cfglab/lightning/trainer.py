@@ -6,12 +6,15 @@ from __future__ import annotations
 import math
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cfglab.devices import cuda_unavailable_reason
+from cfglab.devices import cuda_unavailable_reason, resolve_precision
+from cfglab.lightning.console import RunSummary, StepProgressBar, quiet_lightning
 
 
 def _integer(v) -> bool:
@@ -67,8 +70,29 @@ def world_size(args: DictConfig) -> int:
     return count * (nodes if _integer(nodes) and nodes > 0 else 1)
 
 
+def training_device(args: DictConfig) -> torch.device:
+    """The kind of device the `trainer` config trains on (accelerator 'auto': CUDA when torch sees a device)."""
+    accelerator = args.get("accelerator", "auto")
+    if accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def build_trainer(args: DictConfig, **kwargs) -> L.Trainer:
     """The Trainer of the `trainer` config (`_target_` Lightning's Trainer) with `kwargs` added (callbacks,
-    loggers, plugins), after `check_trainer_args`; Lightning checks the rest as it is built."""
+    loggers, plugins), after `check_trainer_args`; Lightning checks the rest as it is built. `precision: auto`
+    is resolved for the device (`cfglab.devices.resolve_precision`, said in one line), the progress bar counts
+    steps (`StepProgressBar`), the model summary counts the FLOPs of a forward (`RunSummary`), and Lightning's
+    messages that are not about the run are left out."""
     check_trainer_args(args)
-    return instantiate(args, **kwargs)
+    quiet_lightning()
+    precision, line = resolve_precision("trainer.precision", args.get("precision"), training_device(args))
+    if line:
+        rank_zero_info(line)
+    callbacks = list(kwargs.pop("callbacks", None) or [])
+    if args.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(StepProgressBar())
+    if args.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
+        callbacks.append(RunSummary())
+    # The summary is the callback's: Lightning would otherwise announce that it skips its own default one.
+    return instantiate(args, callbacks=callbacks, enable_model_summary=False, precision=precision, **kwargs)
