@@ -20,14 +20,14 @@ def run_json(args, env, timeout=600):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_sweep_cost_and_sampling_benchmarks_on_a_small_checkpoint(tmp_path):
-    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")}
+def test_sweep_cost_and_sampling_benchmarks_on_a_small_checkpoint(tmp_path, digits_cache):
+    env = {**os.environ, "CFGLAB_CACHE": str(digits_cache)}
     subprocess.run([sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_steps=30",
                     "~callbacks.sweep", "grids.ws=[0]", "grids.per_class=1", "sampler.steps=2",
                     "trainer.enable_progress_bar=false"], check=True, capture_output=True, cwd=ROOT, env=env, timeout=600)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     report = run_json(["benchmarks/sweep_cost.py", "--ckpt", ckpt, "--parts", "interval", "--quality-samples", 20,
-                       "--quality-ws", 0.5, 1, "--batch", 20, "--cache", tmp_path / "cache"], env)
+                       "--quality-ws", 0.5, 1, "--batch", 20, "--cache", digits_cache], env)
     interval = report["interval"]
     assert report["parts"] == ["interval"] and interval["samples"] == 20
     # guided steps of 20 under the cosine schedule: all, 14, 6 and 5

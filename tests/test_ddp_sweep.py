@@ -30,18 +30,18 @@ def test_ddp_sweep_equals_single_process(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
-def test_train_py_with_two_ddp_processes(tmp_path, strategy):
+def test_train_py_with_two_ddp_processes(tmp_path, strategy, digits_cache):
     """`python train.py strategy=ddp trainer.devices=2` on CPU: one run directory, sharded sweep, rank-0 grids."""
     import os
 
     cmd = [sys.executable, str(ROOT / "train.py"), f"strategy={strategy}", "trainer.accelerator=cpu", "trainer.devices=2",
            "trainer.max_steps=30", "sweep.num_samples=60", "sweep.ws=[0,2]", "grids.per_class=2",
            "sampler.steps=5", f"hydra.run.dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false"]
-    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "CFGLAB_CACHE": str(digits_cache)}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]  # rank 1 wrote into the same run dir
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # rank 1 wrote into the same run dir
     if strategy == "ddp":  # rank 1 re-ran train.py into the same run directory
         assert (run / "train_ddp_process_1.log").is_file()
     points = json.loads((run / "sweep.json").read_text())["points"]

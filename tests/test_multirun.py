@@ -16,9 +16,9 @@ TINY = ["trainer.max_steps=20", "model.base_channels=16", "grids.ws=[0]", "grids
         "trainer.enable_progress_bar=false"]
 
 
-def multirun(cwd, *overrides):
+def multirun(cwd, cache, *overrides):
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, *overrides]
-    env = {**os.environ, "CFGLAB_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1"}  # two at once on 2 cores
+    env = {**os.environ, "CFGLAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}  # two at once on 2 cores
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -38,9 +38,9 @@ def test_experiment_presets_compose_and_pass_the_checks(name, tmp_path):
         assert list(cfg.sweep.ws) == [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 2, 3, 4]
 
 
-def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path):
-    procs = [multirun(tmp_path, "module.p_uncond=0.1,0.5", "logger=[csv,wandb]", "logger.wandb.mode=offline"),
-             multirun(tmp_path, "module.p_uncond=0.2", "~callbacks.sweep", "logger=wandb", "logger.wandb.mode=offline")]
+def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path, digits_cache):
+    procs = [multirun(tmp_path, digits_cache, "module.p_uncond=0.1,0.5", "logger=[csv,wandb]", "logger.wandb.mode=offline"),
+             multirun(tmp_path, digits_cache, "module.p_uncond=0.2", "~callbacks.sweep", "logger=wandb", "logger.wandb.mode=offline")]
     for p in procs:
         out, _ = p.communicate(timeout=900)
         assert p.returncode == 0, out[-3000:]

@@ -152,9 +152,9 @@ def evaluate(args, env, check=True):
     return proc
 
 
-def test_evaluate_sweeps_ema_lengths_by_w_each_as_its_reconstructed_checkpoint(whole, tmp_path):
+def test_evaluate_sweeps_ema_lengths_by_w_each_as_its_reconstructed_checkpoint(whole, tmp_path, digits_cache):
     whole_dir = whole[0]
-    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache"), "WANDB_SILENT": "true"}
+    env = {**os.environ, "CFGLAB_CACHE": str(digits_cache), "WANDB_SILENT": "true"}
     ckpt = whole_dir / "checkpoints" / "last.ckpt"
     common = ["sweep.ws=[0,2]", "sweep.num_samples=60", "sampler.steps=3"]
     out = tmp_path / "eval"

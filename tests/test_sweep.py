@@ -188,8 +188,8 @@ def test_the_guidance_method_checks_every_w_of_the_sweep():
         GuidanceSweep(None, SweepSettings(ws=[0, 2]), DDIM(steps=2), CFGPlusPlus(), SamplingSettings())
 
 
-def test_evaluate_killed_midway_resumes_without_recomputing(tmp_path):
-    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache")}
+def test_evaluate_killed_midway_resumes_without_recomputing(tmp_path, digits_cache):
+    env = {**os.environ, "CFGLAB_CACHE": str(digits_cache)}
     run = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'train'}", "trainer.max_steps=30",
            "~callbacks.sweep", "grids.ws=[0]", "grids.per_class=1", "sampler.steps=2", "trainer.enable_progress_bar=false"]
     subprocess.run(run, check=True, capture_output=True, cwd=ROOT, env=env, timeout=600)
@@ -238,8 +238,8 @@ def test_every_guidance_config_is_a_sweep_axis(name, tmp_path):
     assert [p["key"]["w"] for p in points] == ws and len({p["key"]["guidance"] for p in points}) == 1
 
 
-def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_runs_group(tmp_path):
-    env = {**os.environ, "CFGLAB_CACHE": str(tmp_path / "cache"), "WANDB_SILENT": "true"}
+def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_runs_group(tmp_path, digits_cache):
+    env = {**os.environ, "CFGLAB_CACHE": str(digits_cache), "WANDB_SILENT": "true"}
     ckpts = {}
     for name, steps in (("weak", 5), ("strong", 30)):
         cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / name}", f"trainer.max_steps={steps}",

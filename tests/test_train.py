@@ -19,10 +19,11 @@ from cfglab.diffusion.samplers import DDIM
 from helpers import ROOT, sample_module
 
 
-def run_train(run_dir, *overrides, progress=False):
+def run_train(run_dir, *overrides, progress=False, cache=None):
+    """train.py as a user runs it; `cache`: $CFGLAB_CACHE (None: a fresh one in the run folder)."""
     cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
            *([] if progress else ["trainer.enable_progress_bar=false"]), *overrides]
-    env = {**os.environ, "CFGLAB_CACHE": str(run_dir / "cache")}
+    env = {**os.environ, "CFGLAB_CACHE": str(cache or run_dir / "cache")}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -55,10 +56,10 @@ def test_debug_preset_runs_the_whole_job_small_and_reports_it(tmp_path):
     assert "git_commit" in logged  # the loggers' config holds the stamp too
 
 
-def test_short_run_writes_grids_checkpoint_and_logs(tmp_path):
+def test_short_run_writes_grids_checkpoint_and_logs(tmp_path, digits_cache):
     proc = run_train(tmp_path, "trainer.max_steps=12", "sampler.steps=3", "grids.per_class=2",
                      "callbacks.checkpoint.every_n_train_steps=5", "trainer.log_every_n_steps=4",
-                     "sweep.ws=[0,1]", "sweep.num_samples=20")
+                     "sweep.ws=[0,1]", "sweep.num_samples=20", cache=digits_cache)
     for w in (0, 1, 3):
         png = tmp_path / f"samples_w{w}.png"
         assert f"guided samples: {png}" in proc.stdout
