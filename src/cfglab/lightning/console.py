@@ -39,7 +39,11 @@ class StepProgressBar(TQDMProgressBar):
 
     @property
     def sanity_check_description(self) -> str:
-        return "validation sanity check"
+        return "validation loss, sanity check"
+
+    @property
+    def validation_description(self) -> str:
+        return "validation loss"
 
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)

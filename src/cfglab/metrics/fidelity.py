@@ -1,7 +1,8 @@
 """FID, IS, KID, precision/recall of generated images against cached real reference features.
 
-The formulas are torch-fidelity's own feature-level functions (the ones `calculate_metrics` calls); cfglab only
-extracts features once per image set, so the real set is featurised once and cached, and each guidance strength
+IS, KID and precision/recall are torch-fidelity's own feature-level functions (the ones `calculate_metrics`
+calls); the Frechet distance is `cfglab.metrics.frechet`'s, whose matrix square root cannot come out NaN or
+complex. cfglab only extracts features once per image set, so the real set is featurised once and cached, and each guidance strength
 costs one pass over its generated images.
 """
 
@@ -14,7 +15,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
@@ -23,6 +23,7 @@ from cfglab.atomic import atomic_write
 from cfglab.devices import resolve_device
 from cfglab.metrics.domain import cache_name, data_key, domain_classifier
 from cfglab.metrics.extractors import DOMAIN, DomainFeatureExtractor, check_inception_weights, inception
+from cfglab.metrics.frechet import feature_statistics, frechet_distance
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class FidelityMetrics:
                  weights_path: Optional[str] = None, per_class: bool = False, num_classes: Optional[int] = None):
         self.extractor, self.class_logits = extractor.eval(), class_logits
         self.ref_features, self.ref_logits, self.ref_labels = reference
-        self.ref_stats = fid_features_to_statistics(self.ref_features)
+        self.ref_stats = feature_statistics(self.ref_features.numpy())
         self.kid_subset_size, self.prc_neighborhood, self.isc_splits = kid_subset_size, prc_neighborhood, isc_splits
         self.info = info or {}
         self.weights_path = weights_path  # the extractor's weights file, for torch-fidelity's own entry points
@@ -63,7 +64,7 @@ class FidelityMetrics:
             check_per_class(num_classes, prc_neighborhood, counts, "reference images (metrics.reference_size)")
             for k in range(num_classes):
                 ref = self.ref_features[self.ref_labels == k]
-                self.class_refs.append((ref, fid_features_to_statistics(ref)))
+                self.class_refs.append((ref, feature_statistics(ref.numpy())))
 
     def __call__(self, images: Tensor, labels: Optional[Tensor] = None) -> dict:
         """images: uint8 (N, C, H, W); labels: the requested classes (N,) or None."""
@@ -86,8 +87,7 @@ class FidelityMetrics:
     def pooled(self, features: Tensor, logits: Tensor, labels: Optional[Tensor], ref_features: Tensor, ref_stats,
                summary: bool = True) -> dict[str, float]:
         """FID, precision, recall and accuracy of `features` against `ref_features`; with `summary`, IS and KID."""
-        out = {"fid": fid_statistics_to_metric(fid_features_to_statistics(features), ref_stats, False)[
-            "frechet_inception_distance"]}
+        out = {"fid": frechet_distance(*feature_statistics(features.numpy()), *ref_stats)}
         if summary:
             n = min(len(features), len(ref_features))
             isc = isc_features_to_metric(logits, splits=min(self.isc_splits, len(logits)))
