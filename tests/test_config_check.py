@@ -154,6 +154,7 @@ def run_script(script, *overrides):
                           env={**os.environ, "HYDRA_FULL_ERROR": "0"})
 
 
+@pytest.mark.slow
 def test_train_py_refuses_before_hydra_writes_anything(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_script("train.py", f"hydra.run.dir={run_dir}", "module.p_uncond=1.5", "+module.foo=bar")
@@ -162,6 +163,7 @@ def test_train_py_refuses_before_hydra_writes_anything(tmp_path):
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_bad_config_leaves_an_earlier_run_untouched(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
@@ -172,6 +174,7 @@ def test_bad_config_leaves_an_earlier_run_untouched(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").read_text() == "earlier run\n"
 
 
+@pytest.mark.slow
 def test_evaluate_py_refuses_before_hydra_writes_anything(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_script("evaluate.py", f"hydra.run.dir={run_dir}", f"ckpt_path={tmp_path / 'missing.ckpt'}")
@@ -179,6 +182,7 @@ def test_evaluate_py_refuses_before_hydra_writes_anything(tmp_path):
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, override, expected", [
     ("train.py", "guidance.w=3", ["guidance.w: unknown key (value 3); did you mean grids.ws or sweep.ws?"]),
     ("train.py", "callbacks.sweep.ws=[0,1]", ["callbacks.sweep.ws: unknown key (value [0,1])", "sweep.ws"]),
@@ -213,6 +217,7 @@ def test_guidance_configs_carry_no_strength():
             assert "w" not in {f.name for f in dataclasses.fields(instantiate(node))}, path.name
 
 
+@pytest.mark.slow
 def test_missing_required_value_is_reported_before_anything_is_written(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_script("evaluate.py", "published=dit", f"hydra.run.dir={run_dir}")
@@ -221,6 +226,7 @@ def test_missing_required_value_is_reported_before_anything_is_written(tmp_path)
     assert "Traceback" not in proc.stderr and "raised" not in proc.stderr and not run_dir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", [["hydra/launcher=basic"], ["hydra/launcher=local"],
                                       ["hydra/launcher=slurm_cpu", "hydra.launcher.partition=debug"]])
 def test_multirun_with_one_bad_job_launches_nothing(launcher, tmp_path):
@@ -236,6 +242,7 @@ def test_multirun_with_one_bad_job_launches_nothing(launcher, tmp_path):
     assert "Traceback" not in proc.stderr and not sweep_dir.exists()
 
 
+@pytest.mark.slow
 def test_slurm_multirun_without_a_partition_is_refused(tmp_path):
     """submitit's own config would silently turn the launcher's ??? into null (sbatch's default partition)."""
     sweep_dir = tmp_path / "multirun"
@@ -254,6 +261,7 @@ def truncated_checkpoint(path):
     return path.read_bytes()
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_to_resume_from_is_refused_naming_the_file(tmp_path):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -265,6 +273,7 @@ def test_damaged_checkpoint_to_resume_from_is_refused_naming_the_file(tmp_path):
     assert last.read_bytes() == content and not (run_dir / ".hydra").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["evaluate.py", "generate.py"])
 def test_damaged_checkpoint_to_sample_from_is_refused_naming_the_file(script, tmp_path):
     ckpt = tmp_path / "model.ckpt"

@@ -99,6 +99,7 @@ def test_imagenet64_npz_batches_and_class_subset(tmp_path):
         ImageNet64DataModule(data_dir=str(tmp_path), classes=[1, 1])
 
 
+@pytest.mark.slow
 def test_each_data_config_builds_a_model_that_runs(tmp_path):
     make_cifar(tmp_path / "cifar")
     make_mnist(tmp_path / "fashion", "train", n=40)

@@ -116,6 +116,7 @@ def eps_student(mixture, tmp_path_factory):
     return stage_one(mixture, teacher, tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_stage_one_trains_the_new_w_embedding_at_its_own_learning_rate(mixture):
     teacher = CFGDiffusion(ExactV(ExactGMMModel(mixture.mixture, SCHEDULE)), SCHEDULE, num_classes=4, target="v")
     net = MLP(2, 4, hidden=32, depth=2, guidance_range=[0, 4])
@@ -127,6 +128,7 @@ def test_stage_one_trains_the_new_w_embedding_at_its_own_learning_rate(mixture):
         GuidanceDistillation(net, SCHEDULE, 4, teacher, guidance_lr_factor=0)
 
 
+@pytest.mark.slow
 def test_inverse_square_w_weighting_divides_each_error_by_one_plus_w_squared(mixture_student):
     dm, teacher, _ = mixture_student
     g = torch.Generator().manual_seed(2)
@@ -144,6 +146,7 @@ def test_inverse_square_w_weighting_divides_each_error_by_one_plus_w_squared(mix
         GuidanceDistillation(MLP(2, 4, guidance_range=[0, 4]), SCHEDULE, 4, teacher, w_weighting="cubic")
 
 
+@pytest.mark.slow
 def test_a_distilled_student_predicts_the_exact_guided_prediction_at_every_w(mixture_student):
     dm, teacher, student = mixture_student
     exact = teacher.net
@@ -169,6 +172,7 @@ def test_a_distilled_student_predicts_the_exact_guided_prediction_at_every_w(mix
                 assert err < 0.25 * spread
 
 
+@pytest.mark.slow
 def test_one_progressive_round_halves_the_steps_at_v_but_not_at_eps(mixture_student, eps_student, tmp_path):
     """Salimans & Ho 2022, sec. 4: one round of the v student with the truncated-SNR loss and its learning rate
     annealed to 0 lands on its teacher's 2N-step samples at N steps; the eps student, with the same round and eps's
@@ -201,6 +205,7 @@ def test_one_progressive_round_halves_the_steps_at_v_but_not_at_eps(mixture_stud
         assert distance["eps", w] > 0.25 * std and distance["eps", w] > 3 * distance["v", w]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [ConsistencyDistillation, ProgressiveDistillation])
 def test_one_job_brings_a_4_step_student_onto_its_teachers_finer_ode(mixture_student, method, tmp_path):
     """Heek et al. 2024: one job of multistep consistency distillation brings the 4-step student onto its teacher's
@@ -229,6 +234,7 @@ def test_one_job_brings_a_4_step_student_onto_its_teachers_finer_ode(mixture_stu
         assert distance < 0.5 * naive and distance < 0.25 * std
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [ConsistencyDistillation, ProgressiveDistillation])
 def test_few_step_distillation_refuses_a_grid_it_cannot_cut(mixture_student, method):
     _, _, stage1_v = mixture_student
@@ -271,6 +277,7 @@ def student(teacher, tmp_path_factory):
     return run_dir / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 def test_a_distillation_run_killed_and_resumed_ends_bit_identical(teacher, student, tmp_path):
     proc = subprocess.Popen([sys.executable, "train.py", *distill_args(teacher, tmp_path)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -294,6 +301,7 @@ def test_a_distillation_run_killed_and_resumed_ends_bit_identical(teacher, stude
     assert embedding["lr"] == pytest.approx(body["lr"] * 10) and body["lr"] < body["initial_lr"]
 
 
+@pytest.mark.slow
 def test_a_student_checkpoint_goes_through_evaluate_at_one_forward_per_step(teacher, student, tmp_path):
     args = ["sweep.ws=[0,2]", "sweep.num_samples=20", "sweep.batch_size=20", "sampler=ddim", "sampler.steps=5"]
     for name, ckpt in (("teacher", teacher), ("student", student)):
@@ -309,6 +317,7 @@ def test_a_student_checkpoint_goes_through_evaluate_at_one_forward_per_step(teac
     assert refused.returncode == 2 and "APG cannot be sampled from a guidance-distilled network" in refused.stderr
 
 
+@pytest.mark.slow
 def test_distill_py_chains_rounds_passes_a_stop_signal_on_and_resumes_skipping_finished_rounds(student, tmp_path):
     args = ["experiment=progressive_mnist", f"teacher_ckpt={student}", "rounds=[4,2]", "trainer.max_steps=300",
             "callbacks.checkpoint.every_n_train_steps=5", "module.warmup_steps=2", *JOB, f"hydra.run.dir={tmp_path}"]
@@ -339,6 +348,7 @@ def test_distill_py_chains_rounds_passes_a_stop_signal_on_and_resumes_skipping_f
     assert job("distill.py", *args).stdout.count("progressive distillation:") == 0  # every round has finished
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, expected", [
     (["teacher_ckpt=/no/such.ckpt"], ["teacher_ckpt", "'/no/such.ckpt' is not a file"]),
     (["model.guidance_range=[2,1]"], ["model", "guidance_range=[2, 1] must be [w_min, w_max]"]),
@@ -358,11 +368,13 @@ def test_bad_distillation_configs_are_refused(teacher, overrides, expected, tmp_
     assert len(e.value.lines) == 1, str(e.value)  # the cause alone, not its consequences for the other groups
 
 
+@pytest.mark.slow
 def test_a_teacher_that_nothing_reads_is_refused(teacher, tmp_path):
     with pytest.raises(ConfigError, match="teacher_ckpt: .* would not be read: .*CFGDiffusion has no teacher"):
         check_train_config(composed("config", [f"teacher_ckpt={teacher}"], tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, student_steps", [("consistency_mnist", 4), ("progressive_mnist", 8)])
 def test_the_few_step_presets_refuse_a_grid_they_cannot_cut_before_training(student, preset, student_steps,
                                                                              tmp_path):
@@ -373,6 +385,7 @@ def test_the_few_step_presets_refuse_a_grid_they_cannot_cut_before_training(stud
     check_train_config(composed("config", args[:2] + JOB, tmp_path))  # the preset itself passes
 
 
+@pytest.mark.slow
 def test_bad_rounds_are_refused(student, tmp_path):
     args = ["experiment=progressive_mnist", f"teacher_ckpt={student}", *JOB]
     with pytest.raises(ConfigError, match=r"rounds: \[8, 3\]: each round halves the steps"):
@@ -384,6 +397,7 @@ def test_bad_rounds_are_refused(student, tmp_path):
     assert cfg.module.student_steps == 8  # the first round's
 
 
+@pytest.mark.slow
 def test_the_distillation_benchmark_reports_every_row_against_the_teacher(teacher, student, tmp_path):
     # the two few-step methods, each as its preset runs it, and a progressive round from a finer teacher grid
     runs = {"progressive": ["experiment=progressive_mnist"], "consistency": ["experiment=consistency_mnist"],

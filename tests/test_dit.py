@@ -113,6 +113,7 @@ def test_bad_shapes_are_refused_naming_the_setting(kw, match):
         DiT(8, 4, 10, **{**args, **kw})
 
 
+@pytest.mark.slow
 def test_torch_compile_gives_the_eager_output():
     net = perturbed(tiny()).eval()
     x, t, y = inputs()

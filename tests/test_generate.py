@@ -40,6 +40,7 @@ def generate(ckpt, out, *overrides, env=None):
                *overrides, env=env)
 
 
+@pytest.mark.slow
 def test_generate_writes_adm_npz_pngs_and_metadata_for_each_w(ckpt, tmp_path):
     out = tmp_path / "gen"
     proc = generate(ckpt, out, "ws=[0,2]", "num_samples=12", "batch_size=5", "labels=[3,5]", "png=true")
@@ -65,6 +66,7 @@ def test_generate_writes_adm_npz_pngs_and_metadata_for_each_w(ckpt, tmp_path):
     assert isinstance(stamp["git_dirty"], bool)
 
 
+@pytest.mark.slow
 def test_a_killed_generation_resumes_to_the_uninterrupted_result(ckpt, tmp_path):
     args = ["ws=[1]", "num_samples=48", "batch_size=4", "sampler=ddpm", "sampler.steps=20"]
     generate(ckpt, tmp_path / "whole", *args)
@@ -85,6 +87,7 @@ def test_a_killed_generation_resumes_to_the_uninterrupted_result(ckpt, tmp_path)
     assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
 
 
+@pytest.mark.slow
 def test_two_processes_together_make_what_one_process_makes(ckpt, tmp_path):
     args = ["ws=[0.5]", "num_samples=23", "batch_size=5", "sampler=ddpm", "sampler.steps=4"]
     generate(ckpt, tmp_path / "one", *args)
@@ -96,6 +99,7 @@ def test_two_processes_together_make_what_one_process_makes(ckpt, tmp_path):
     assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
 
 
+@pytest.mark.slow
 def test_a_folder_holding_another_request_is_refused(ckpt, tmp_path):
     generate(ckpt, tmp_path, "ws=[1]", "num_samples=4", "batch_size=4")
     proc = run("generate.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}", "sampler.steps=3", "device=cpu",
@@ -103,6 +107,7 @@ def test_a_folder_holding_another_request_is_refused(ckpt, tmp_path):
     assert proc.returncode == 1 and "holds samples of another request" in proc.stderr and "seed" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, expected", [
     ("labels=banana", ["labels", "'banana'"]), ("labels=[]", ["labels", "[]"]), ("labels=[1,-2]", ["labels"]),
     ("num_samples=0", ["num_samples", "0"]), ("device=tpu", ["device", "'tpu'"]), ("ws=[0,-1]", ["ws[1]", "w=-1"]),
@@ -117,6 +122,7 @@ def test_bad_generate_configs_are_refused(ckpt, tmp_path, override, expected):
     assert all(s in str(err.value) for s in expected), str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labels", ["12", "[3,12]"])
 def test_a_class_the_checkpoint_lacks_is_refused_before_anything_is_written(ckpt, tmp_path, labels):
     """The check resolves the labels with the code that resolves them when generating (generate.requested_labels)."""
@@ -128,6 +134,7 @@ def test_a_class_the_checkpoint_lacks_is_refused_before_anything_is_written(ckpt
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
+@pytest.mark.slow
 def test_one_generate_run_opens_the_checkpoint_once(ckpt, tmp_path):
     """The check, the model, the sha256 and the run identity all come from one read of the file (an audit hook
     sees every open() of Python code; torch.load is never handed the path, so no C++ reader opens it either)."""
@@ -156,6 +163,7 @@ finally:
     assert (tmp_path / "gen" / "w1" / "samples.npz").is_file()
 
 
+@pytest.mark.slow
 def test_png_is_refused_for_data_that_are_not_images(tmp_path):
     run("train.py", f"hydra.run.dir={tmp_path / 'gmm'}", "data=gmm", "model=mlp", "metrics=exact", "module.target=v",
         *(o for o in TINY_TRAIN if not o.startswith("model.")))
@@ -165,6 +173,7 @@ def test_png_is_refused_for_data_that_are_not_images(tmp_path):
         check_generate_config(cfg)
 
 
+@pytest.mark.slow
 def test_evaluate_overrides_the_data_location_of_a_checkpoint_trained_elsewhere(tmp_path):
     data = tmp_path / "mnist_here"
     make_mnist(data, "t10k", n=200)

@@ -106,6 +106,7 @@ encode_store(dm.store(), dm.latent, 16, chunk=2)
 """
 
 
+@pytest.mark.slow
 def test_killed_encoding_continues_and_equals_an_uninterrupted_one(files, tmp_path):
     ref = datamodule(files, store_root=tmp_path / "reference")
     reference = encode_store(ref.store(), ref.latent, 16, chunk=2)
@@ -165,6 +166,7 @@ def run(*args, timeout=900):
     return proc
 
 
+@pytest.mark.slow
 def test_train_sweep_grids_and_generate_in_latent_space_with_two_ddp_ranks(files, tmp_path):
     """train.py with a DiT on VAE latents on 2 gloo DDP processes: the store is encoded once, the sweep and
     the grids are of decoded images, the checkpoint carries the normalisation, generate.py writes decoded
@@ -198,6 +200,7 @@ def test_train_sweep_grids_and_generate_in_latent_space_with_two_ddp_ranks(files
     assert not (tmp_path / "g2" / "w1").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_with_a_dit_on_latents_is_bit_identical(files, tmp_path):
     """Batches, flips and posterior samples are drawn from (seed, epoch, step): a DiT run killed after a
     checkpoint and resumed ends with the weights, EMA weights and optimizer state of an uninterrupted run."""

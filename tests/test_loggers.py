@@ -20,6 +20,7 @@ def train(run_dir, *overrides, **env):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_wandb_run_is_named_after_the_job_holds_the_config_and_no_api_key(tmp_path):
     run_dir = tmp_path / "run"
     proc = train(run_dir, "logger=[csv,wandb,tensorboard]", "logger.wandb.mode=offline", "module.p_uncond=0.3",
@@ -38,6 +39,7 @@ def test_wandb_run_is_named_after_the_job_holds_the_config_and_no_api_key(tmp_pa
     assert not leaked and SECRET not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,key", [
     ("+logger.wandb.api_key=abc123", "logger.wandb.api_key"),
     ("logger.wandb.tags=[${oc.env:WANDB_API_KEY}]", "logger.wandb.tags[0]"),

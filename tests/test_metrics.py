@@ -34,6 +34,7 @@ def frechet(f1: np.ndarray, f2: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(c1 + c2 - 2 * covmean))
 
 
+@pytest.mark.slow
 def test_domain_classifier_is_accurate_and_cached(digits, metrics, tmp_path):
     assert metrics.info["classifier_test_accuracy"] > 0.95
     path, acc = domain_mod.domain_classifier(digits, tmp_path, epochs=3)
@@ -44,6 +45,7 @@ def test_domain_classifier_is_accurate_and_cached(digits, metrics, tmp_path):
     assert domain_mod.cache_name("x", domain_mod.data_key(other)) != domain_mod.cache_name("x", domain_mod.data_key(digits))
 
 
+@pytest.mark.slow
 def test_fid_self_zero_disjoint_small_noise_large(digits, metrics):
     train_x, train_y = digits.items("train").head()
     val_x, val_y = digits.items("val").head()
@@ -56,6 +58,7 @@ def test_fid_self_zero_disjoint_small_noise_large(digits, metrics):
     assert noise["precision"] < 0.2 and noise["accuracy"] < 0.3 and held_out["accuracy"] > 0.95
 
 
+@pytest.mark.slow
 def test_fid_equals_independent_frechet_distance(digits, metrics):
     val_x, _ = digits.items("val").head()
     feats, logits = extract(metrics.extractor, val_x)
@@ -64,6 +67,7 @@ def test_fid_equals_independent_frechet_distance(digits, metrics):
     assert ours == pytest.approx(ref, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_inception_score_of_real_data_near_maximum(digits, metrics):
     x, y = digits.items("train").head()
     score = metrics(x, y)["is"]
@@ -83,6 +87,7 @@ class Uint8Set(Dataset):
         return self.images[i]
 
 
+@pytest.mark.slow
 def test_feature_path_matches_torch_fidelity_calculate_metrics(digits, metrics):
     """Our cached-feature path gives what torch-fidelity's own end-to-end entry point gives."""
     gen = digits.items("val").head()[0]

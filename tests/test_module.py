@@ -50,6 +50,7 @@ def test_stratified_times_cover_every_stratum():
     assert sorted((t * 64).floor().long().tolist()) == list(range(64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["eps", "v"])
 def test_short_training_lowers_the_loss(target, tmp_path):
     L.seed_everything(0)
@@ -174,6 +175,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     assert all(torch.isfinite(p).all() for p in module.parameters())  # the poisoned step never updated the weights
 
 
+@pytest.mark.slow
 def test_bf16_autocast_training_and_sampling_stay_finite_and_close_to_float32():
     from cfglab.diffusion.guidance import CFG
     from cfglab.diffusion.samplers import DDIM, DPMSolverPP2M

@@ -38,6 +38,7 @@ def test_experiment_presets_compose_and_pass_the_checks(name, tmp_path):
         assert list(cfg.sweep.ws) == [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path, digits_cache):
     procs = [multirun(tmp_path, digits_cache, "module.p_uncond=0.1,0.5", "logger=[csv,wandb]", "logger.wandb.mode=offline"),
              multirun(tmp_path, digits_cache, "module.p_uncond=0.2", "~callbacks.sweep", "logger=wandb", "logger.wandb.mode=offline")]

@@ -34,6 +34,7 @@ def generated(data, n=800, seed=1):
     return data.mixture.sample(labels, torch.Generator().manual_seed(seed)).float(), labels
 
 
+@pytest.mark.slow
 def test_per_class_metrics_are_the_pooled_metrics_of_that_class_alone(mixture_data, metrics):
     x, labels = generated(mixture_data)
     out = metrics(x, labels)
@@ -52,6 +53,7 @@ def test_per_class_metrics_are_the_pooled_metrics_of_that_class_alone(mixture_da
     assert all(c["fid"] < 0.1 and c["recall"] > 0.8 for c in out["per_class"]), out["per_class"]
 
 
+@pytest.mark.slow
 def test_a_collapsed_class_has_the_worst_recall_but_not_the_worst_precision(mixture_data, metrics):
     x, labels = generated(mixture_data, seed=2)
     collapsed = labels == 2  # mode collapse: class 2's samples all within 0.02 of its mean

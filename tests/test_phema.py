@@ -113,6 +113,7 @@ def whole(tmp_path_factory):
     return (folder, *fit(folder, 20))
 
 
+@pytest.mark.slow
 def test_tracks_follow_eq_127_snapshot_and_resume_exactly(whole, tmp_path):
     whole_dir, whole, module = whole
     assert [p.name for p in sorted((whole_dir / "phema").iterdir()) if p.suffix == ".pt"] == [
@@ -152,6 +153,7 @@ def evaluate(args, env, check=True):
     return proc
 
 
+@pytest.mark.slow
 def test_evaluate_sweeps_ema_lengths_by_w_each_as_its_reconstructed_checkpoint(whole, tmp_path, digits_cache):
     whole_dir = whole[0]
     env = {**os.environ, "CFGLAB_CACHE": str(digits_cache), "WANDB_SILENT": "true"}
@@ -189,6 +191,7 @@ def test_evaluate_sweeps_ema_lengths_by_w_each_as_its_reconstructed_checkpoint(w
         "checkpoint EMA", "sigma_rel=0.05", "sigma_rel=0.1", "sigma_rel=0.2"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, expected", [
     (["sigma_rels=[0.05,0.3]"], r"sigma_rels\[1\]=0.3 must lie in \(0, 0.2887\)"),
     (["sigma_rels=[0.05,0.05]"], r"sigma_rels=\[0.05, 0.05\] repeats a value"),

@@ -288,6 +288,7 @@ def run(script, *overrides):
     return proc
 
 
+@pytest.mark.slow
 def test_generate_writes_the_npz_of_an_official_dit_file_guided_on_three_channels(dit, tmp_path):
     folder, official, _ = dit
     args = ["published=dit", f"published.path={official}", f"published.vae={folder / 'vae'}", "published.num_heads=2",
@@ -316,6 +317,7 @@ def unet_and_images(tmp_path_factory):
     return root / "unet", root / "images"
 
 
+@pytest.mark.slow
 def test_evaluate_multirun_over_guidance_methods_on_a_unet2dmodel_folder_then_aggregate(unet_and_images, tmp_path):
     unet, images = unet_and_images
     run("evaluate.py", "-m", "published=unet2d", f"published.path={unet}", f"data.data_dir={images}",

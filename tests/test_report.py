@@ -98,6 +98,7 @@ def test_report_renders_offline_in_a_real_browser(tmp_path):
         driver.quit()
 
 
+@pytest.mark.slow
 def test_aggregate_py_writes_the_report_for_a_single_run(tmp_path):
     fake_multirun(tmp_path)
     proc = subprocess.run([sys.executable, str(ROOT / "aggregate.py"), str(tmp_path / "1"), "--wandb", "off"],

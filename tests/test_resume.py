@@ -75,10 +75,12 @@ def sigkill_and_resume(run_dir, *extra):
     return last(run_dir)
 
 
+@pytest.mark.slow
 def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(tmp_path, uninterrupted):
     assert_same_training_state(uninterrupted, sigkill_and_resume(tmp_path))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_with_flips_then_resume_is_bit_identical(tmp_path, uninterrupted):
     """Flips are drawn from (seed, epoch, step): the resumed run mirrors the images the uninterrupted one did
     (digits: 12 batches of 128 an epoch and a checkpoint every 10 steps, so the resumed run starts inside an
@@ -90,6 +92,7 @@ def test_sigkill_mid_epoch_with_flips_then_resume_is_bit_identical(tmp_path, uni
     assert_same_training_state(whole, sigkill_and_resume(tmp_path / "killed", *flip))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_preemption_signal_checkpoints_stops_cleanly_and_resumes(tmp_path, uninterrupted, sig):
     proc = start_and_wait_for_checkpoint(tmp_path)
@@ -126,6 +129,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_and_resumes_bit_identically(tmp_path, uninterrupted):
     kill_at = 30
     proc = subprocess.run([sys.executable, "-c", DIE_WHILE_WRITING, str(kill_at), *command(tmp_path)[1:]],
@@ -140,6 +144,7 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_and_resumes_bit
     assert_same_training_state(uninterrupted, last(tmp_path))
 
 
+@pytest.mark.slow
 def test_sigkill_with_power_ema_tracks_then_resume_is_bit_identical(tmp_path):
     """The tracks resume from the checkpoint: the resumed run's tracks and every snapshot equal an uninterrupted
     run's, including the snapshots the killed run wrote after its last checkpoint (written again on resume)."""

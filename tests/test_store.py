@@ -60,6 +60,7 @@ def test_reference_store_holds_the_source(folder, reference):
     assert len(reference.header["arrays"]["images"]["chunks"]) == 9  # ceil(70 / 8)
 
 
+@pytest.mark.slow
 def test_two_workers_equal_one(folder, reference, tmp_path):
     assert_same_store(prepare(source(folder), tmp_path / "store", workers=2, chunk=CHUNK), reference)
 
@@ -79,6 +80,7 @@ prepare(src, sys.argv[2], workers=1, chunk=int(sys.argv[3]))
 """
 
 
+@pytest.mark.slow
 def test_killed_prepare_continues_and_equals_an_uninterrupted_one(folder, reference, tmp_path, caplog):
     path = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(folder), str(path), str(CHUNK)], cwd=ROOT)
@@ -98,6 +100,7 @@ def test_killed_prepare_continues_and_equals_an_uninterrupted_one(folder, refere
     assert_same_store(resumed, reference)
 
 
+@pytest.mark.slow
 def test_two_processes_preparing_one_store_take_turns(folder, reference, tmp_path):
     path = tmp_path / "store"
     procs = [subprocess.Popen([sys.executable, "-c", KILLABLE, str(folder), str(path), str(CHUNK)], cwd=ROOT,
@@ -223,6 +226,7 @@ def test_two_ddp_ranks_map_one_store_and_draw_disjoint_items_that_cover_the_epoc
     assert a | b <= train and len(train - (a | b)) == len(train) % 128  # all but the dropped incomplete batch
 
 
+@pytest.mark.slow
 def test_prepare_py_prepares_once_and_refuses_bad_settings(tmp_path):
     def prepare_py(*args):
         return subprocess.run([sys.executable, str(ROOT / "prepare.py"), f"hydra.run.dir={tmp_path / 'run'}", *args],

@@ -149,6 +149,7 @@ def test_fid_wins_counts_paired_repeats():
     assert fid_wins(points) == {0.0: 0, 0.5: 2, 1.0: 1}
 
 
+@pytest.mark.slow
 def test_callback_on_tiny_model_writes_every_artifact(tmp_path):
     L.seed_everything(0)
     dm = DigitsDataModule(batch_size=64)
@@ -188,6 +189,7 @@ def test_the_guidance_method_checks_every_w_of_the_sweep():
         GuidanceSweep(None, SweepSettings(ws=[0, 2]), DDIM(steps=2), CFGPlusPlus(), SamplingSettings())
 
 
+@pytest.mark.slow
 def test_evaluate_killed_midway_resumes_without_recomputing(tmp_path, digits_cache):
     env = {**os.environ, "CFGLAB_CACHE": str(digits_cache)}
     run = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path / 'train'}", "trainer.max_steps=30",
@@ -238,6 +240,7 @@ def test_every_guidance_config_is_a_sweep_axis(name, tmp_path):
     assert [p["key"]["w"] for p in points] == ws and len({p["key"]["guidance"] for p in points}) == 1
 
 
+@pytest.mark.slow
 def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_runs_group(tmp_path, digits_cache):
     env = {**os.environ, "CFGLAB_CACHE": str(digits_cache), "WANDB_SILENT": "true"}
     ckpts = {}
@@ -281,6 +284,7 @@ def test_autoguidance_sweeps_with_a_weaker_checkpoint_and_logs_in_the_training_r
     assert "<h2>Per class</h2>" in (tmp_path / "eval" / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):
     from lightning.pytorch.loggers import WandbLogger
 
@@ -316,6 +320,7 @@ def test_wandb_offline_run_holds_sweep_metrics_and_table(tmp_path, monkeypatch):
     assert list(run_dir.rglob("*.png"))  # trade-off plot and sample grids as images
 
 
+@pytest.mark.slow
 def test_periodic_sweeps_during_training_and_the_final_one_reuses_the_last(tmp_path):
     L.seed_everything(0)
     dm = DigitsDataModule(batch_size=64, val_fraction=0.1)  # 1,617 training images: 25 steps per epoch

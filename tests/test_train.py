@@ -29,6 +29,7 @@ def run_train(run_dir, *overrides, progress=False, cache=None):
     return proc
 
 
+@pytest.mark.slow
 def test_debug_preset_runs_the_whole_job_small_and_reports_it(tmp_path):
     """experiment=debug: train, checkpoint, sweep and grids end to end; the run says what it measured and what
     produced it, and nothing that is not about the run (no tip, no warning, no zero FLOPs), with its progress bars
@@ -56,6 +57,7 @@ def test_debug_preset_runs_the_whole_job_small_and_reports_it(tmp_path):
     assert "git_commit" in logged  # the loggers' config holds the stamp too
 
 
+@pytest.mark.slow
 def test_short_run_writes_grids_checkpoint_and_logs(tmp_path, digits_cache):
     proc = run_train(tmp_path, "trainer.max_steps=12", "sampler.steps=3", "grids.per_class=2",
                      "callbacks.checkpoint.every_n_train_steps=5", "trainer.log_every_n_steps=4",
@@ -75,6 +77,7 @@ def test_short_run_writes_grids_checkpoint_and_logs(tmp_path, digits_cache):
     assert (tmp_path / "sweep.csv").is_file() and (tmp_path / "tradeoff.png").is_file()
 
 
+@pytest.mark.slow
 def test_overrides_reach_the_objects(tmp_path):
     run_train(tmp_path, "trainer.max_steps=2", "sampler=ddpm", "sampler.steps=2", "grids.per_class=1",
               "schedule=paper", "module.target=v", "module.p_uncond=0.3", "model.base_channels=16",
@@ -84,6 +87,7 @@ def test_overrides_reach_the_objects(tmp_path):
     assert type(module.schedule).__name__ == "PaperLogSNR"
 
 
+@pytest.mark.slow
 def test_bad_override_fails_before_training(tmp_path):
     cmd = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}", "module.p_uncond=1.5"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -117,6 +121,7 @@ def test_default_recipe_samples_follow_their_labels(tmp_path):
     assert acc[3.0] > acc[0.0]
 
 
+@pytest.mark.slow
 def test_toy_mixture_job_trains_and_sweeps(tmp_path):
     run_train(tmp_path, "data=gmm", "model=mlp", "metrics=exact", "module.target=v",
               "trainer.max_steps=60", "sweep.ws=[0,3]", "sweep.num_samples=100",
