@@ -23,6 +23,14 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
     assert native_bf16("cpu")[0] is native
 
 
+def test_a_onednn_isa_cap_below_bf16_counts_as_no_native_bf16(monkeypatch):
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: SAPPHIRE_RAPIDS)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert native_bf16("cpu") == (False, "ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN off this CPU's bf16 instructions")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert native_bf16("cpu")[0]
+
+
 def test_auto_picks_float32_on_a_cpu_without_native_bf16_and_says_why(monkeypatch):
     monkeypatch.setattr(devices, "_cpu_flags", lambda: AVX2_ONLY)
     chosen, line = resolve_precision("trainer.precision", "auto", "cpu")

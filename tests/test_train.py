@@ -41,6 +41,7 @@ def test_debug_preset_runs_the_whole_job_small_and_reports_it(tmp_path):
     out = proc.stdout + proc.stderr
     assert "sweep point done: step=10  w=1" in out  # one line per point
     for noise in ("Tip", "litlogger", "LeafSpec", "no last checkpoint", "Warning", "warn(", "v_num", "TPU available",
+                  "srun",
                   "Skipping setting a default"):
         assert noise not in out, noise
     flops = re.search(r"\n([\d.]+ [KMG]?) +Total Flops", out)

@@ -3,6 +3,7 @@ precision that is fast on it (`precision: auto`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -54,6 +55,9 @@ def native_bf16(device: torch.device | str) -> tuple[bool, str]:
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return True, f"{name} computes bf16 natively"
         return False, f"{name} has no native bf16 (CUDA compute capability below 8.0)"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if cap != "ALL" and not any(s in cap for s in ("BF16", "AMX", "FP16", "AVX10")):
+        return False, f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN off this CPU's bf16 instructions"
     flags = _cpu_flags()
     if flags is None:
         return False, "this CPU's features cannot be read (no /proc/cpuinfo), so native bf16 is not assumed"

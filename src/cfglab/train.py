@@ -17,6 +17,7 @@ from cfglab.checkpoints import load_guide_net
 from cfglab.config_checks import check_train_config, resume_path
 from cfglab.grids import guided_grids
 from cfglab.lightning.checkpoint_io import AtomicCheckpointIO
+from cfglab.lightning.console import quiet_lightning
 from cfglab.lightning.guidance_sweep import GuidanceSweep
 from cfglab.lightning.preemption import hand_over, stop_signal
 from cfglab.lightning.trainer import build_trainer
@@ -27,6 +28,7 @@ from cfglab.sweep import format_table
 
 def train(cfg: DictConfig, output_dir: str | Path) -> dict:
     check_train_config(cfg)
+    quiet_lightning()  # before SLURMEnvironment.detect() below, which warns where srun exists
     if os.environ.get("SLURM_CPUS_PER_TASK"):  # torch would start one thread per core of the whole node
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     L.seed_everything(cfg.seed, workers=True)

@@ -30,6 +30,9 @@ def quiet_lightning() -> None:
     # Lightning's own use of torch's deprecated LeafSpec (lightning.pytorch.utilities._pytree): nothing a user can
     # change; it goes once Lightning moves to TreeSpec.is_leaf.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # On a machine with SLURM (a cluster's login node), a run started without srun is a local run by intent:
+    # cfglab's SLURM jobs go through hydra/launcher=slurm, which starts the ranks with srun itself.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
 class StepProgressBar(TQDMProgressBar):
