@@ -65,8 +65,8 @@ def test_the_peers_formulas_agree_on_well_conditioned_features():
     x, y = rng.standard_normal((2000, 64)), rng.standard_normal((2000, 64)) @ rng.uniform(0.5, 1.5, (64, 64)) / 8
     (mu1, s1), (mu2, s2) = feature_statistics(x), feature_statistics(y)
     ours = frechet_distance(mu1, s1, mu2, s2)
-    theirs = fid_statistics_to_metric(fid_features_to_statistics(torch.from_numpy(x)),
-                                      fid_features_to_statistics(torch.from_numpy(y)), False)["frechet_inception_distance"]
+    stats = [fid_features_to_statistics(torch.from_numpy(f)) for f in (x, y)]
+    theirs = fid_statistics_to_metric(*stats, False)["frechet_inception_distance"]
     covmean = scipy.linalg.sqrtm(s1 @ s2).real
     adm = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
     assert ours == pytest.approx(theirs, rel=1e-9) and ours == pytest.approx(adm, rel=1e-7)

@@ -58,7 +58,8 @@ def test_the_trainer_is_built_with_the_resolved_precision_and_one_line(monkeypat
         trainer = build_trainer(args)
     assert trainer.precision == "32-true"
     assert [r.getMessage() for r in caplog.records if "precision" in r.getMessage()] == [
-        "trainer.precision=auto: 32-true, since this CPU has no native bf16 (no avx512_bf16, amx_bf16 or Arm bf16 flag)"]
+        "trainer.precision=auto: 32-true, since this CPU has no native bf16 "
+        "(no avx512_bf16, amx_bf16 or Arm bf16 flag)"]
 
 
 def test_the_configuration_check_takes_auto_and_still_refuses_other_values(tmp_path):

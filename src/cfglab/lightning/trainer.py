@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar
-from lightning.pytorch.utilities import rank_zero_info
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cfglab.devices import cuda_unavailable_reason, resolve_precision

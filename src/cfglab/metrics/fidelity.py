@@ -2,8 +2,8 @@
 
 IS, KID and precision/recall are torch-fidelity's own feature-level functions (the ones `calculate_metrics`
 calls); the Frechet distance is `cfglab.metrics.frechet`'s, whose matrix square root cannot come out NaN or
-complex. cfglab only extracts features once per image set, so the real set is featurised once and cached, and each guidance strength
-costs one pass over its generated images.
+complex. cfglab only extracts features once per image set, so the real set is featurised once and cached, and each
+guidance strength costs one pass over its generated images.
 """
 
 from __future__ import annotations
