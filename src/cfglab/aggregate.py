@@ -162,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--wandb", choices=["online", "offline", "off"], default=None,
                         help="log to W&B (default: when the runs did, online if an API key is configured)")
     args = parser.parse_args(argv)
-    path = aggregate(args.multirun_dir, args.metrics, args.wandb)
+    try:
+        path = aggregate(args.multirun_dir, args.metrics, args.wandb)
+    except FileNotFoundError as e:  # nothing was written: the runs are read before anything is
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(path.read_text())
     written = [path.with_suffix(".csv"), path, path.with_suffix(".png"), path.parent / "report.html"]
     if (path.parent / "ranking.md").is_file():

@@ -103,6 +103,9 @@ def check_train_config(cfg: DictConfig) -> None:
 
     p = _Problems()
     _check_keys_and_nodes(cfg, "config", p)
+    seed = _value(cfg, "seed")
+    if seed is not _MISSING and (isinstance(seed, bool) or not isinstance(seed, int)):
+        p.add("seed", f"{seed!r}: should be an integer (it seeds every training batch and sweep)")
     teacher = _value(cfg, "teacher_ckpt")
     if teacher is not None and teacher is not _MISSING:
         if "teacher_ckpt" not in cfg.module:

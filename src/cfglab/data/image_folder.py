@@ -73,6 +73,9 @@ class ImageFolderDataModule(ImageDataModule):
             self.classes, _ = find_classes(str(self.data_dir))
         except FileNotFoundError as e:
             raise FileNotFoundError(f"data_dir={str(self.data_dir)!r}: {e}") from e
+        if len(self.classes) < 2:  # one class: no label to guide towards, and no classes to measure
+            raise ValueError(f"data_dir={str(self.data_dir)!r} has {len(self.classes)} class folder(s) "
+                             f"{self.classes}: class-conditional guidance needs at least 2 classes")
         self.num_classes = len(self.classes)
         self._count: Optional[int] = None
 

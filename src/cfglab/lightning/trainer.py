@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -55,6 +56,11 @@ def check_trainer_args(args: DictConfig) -> None:
     clip = args.get("gradient_clip_val")
     if clip is not None and not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip >= 0):
         problems.append(f"gradient_clip_val={clip!r} must be a finite number >= 0 or null")
+    strategy = args.get("strategy", "auto")
+    if isinstance(strategy, str) and strategy != "auto" and strategy not in StrategyRegistry.available_strategies():
+        known = ", ".join(sorted(s for s in StrategyRegistry.available_strategies() if "find_unused" not in s))
+        problems.append(f"strategy={strategy!r} is not one of Lightning's strategies: auto, {known} (or a "
+                        "Strategy object)")
     if args.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         problems.append(f"accelerator={args.accelerator!r}, but {cuda_unavailable_reason()} (or use trainer=cpu)")
     if problems:
