@@ -12,8 +12,8 @@ def _seed():
 @pytest.fixture(scope="session")
 def digits_cache(tmp_path_factory):
     """A cache folder ($CFGLAB_CACHE) shared by the test runs on the bundled digits: their store, domain classifier
-    and reference features are made here once per test session (the classifier alone trains for about a minute),
-    instead of once in every test's own folder. Tests of the caching itself keep their own folders."""
+    and reference features are made here once per test session (the classifier trains for 1,000 steps) instead of
+    once in every test's own folder. Tests of the caching itself keep their own folders."""
     from hydra.utils import instantiate
 
     from helpers import composed

@@ -40,8 +40,10 @@ def test_experiment_presets_compose_and_pass_the_checks(name, tmp_path):
 
 @pytest.mark.slow
 def test_concurrent_multiruns_get_their_own_directories_and_aggregate(tmp_path, digits_cache):
-    procs = [multirun(tmp_path, digits_cache, "module.p_uncond=0.1,0.5", "logger=[csv,wandb]", "logger.wandb.mode=offline"),
-             multirun(tmp_path, digits_cache, "module.p_uncond=0.2", "~callbacks.sweep", "logger=wandb", "logger.wandb.mode=offline")]
+    procs = [multirun(tmp_path, digits_cache, "module.p_uncond=0.1,0.5", "logger=[csv,wandb]",
+                      "logger.wandb.mode=offline"),
+             multirun(tmp_path, digits_cache, "module.p_uncond=0.2", "~callbacks.sweep", "logger=wandb",
+                      "logger.wandb.mode=offline")]
     for p in procs:
         out, _ = p.communicate(timeout=900)
         assert p.returncode == 0, out[-3000:]
